@@ -1,0 +1,279 @@
+// PyTorch binding of the header-only core: torch.classes.paired.WeightCache and torch.ops.paired.*.
+// Thin by design: check the tensors (TORCH_CHECK*, naming the argument), convert, call the core.
+// Exceptions map to Python as: TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_VALUE -> ValueError,
+// TORCH_CHECK_INDEX -> IndexError.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <string>
+#include <tuple>
+
+#include "paired_replacement/weight_cache.hpp"
+
+namespace {
+
+namespace core = paired_replacement;
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name,
+                    " must be on the CPU (the cache keeps its packed block in host memory), got ",
+                    t.device());
+}
+
+// A bool mask of N entries on the CPU. Any stride is fine (read in place, never copied).
+void check_mask(const at::Tensor& mask, int64_t n, const char* name) {
+  TORCH_CHECK_VALUE(mask.defined(), name, " is undefined");
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, name, " must have dtype torch.bool, got ",
+                   mask.scalar_type(), " (a numeric mask is not reinterpreted; pass mask != 0)");
+  check_cpu(mask, name);
+  TORCH_CHECK_VALUE(mask.dim() == 1, name, " must be 1-D with N = ", n, " entries, got shape ",
+                    mask.sizes());
+  TORCH_CHECK_VALUE(mask.size(0) == n, name, " must have N = ", n, " entries, got ",
+                    mask.size(0));
+}
+
+void check_weight(const at::Tensor& w, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(w.dim() == 2, name, " must be 2-D, got shape ", w.sizes());
+  TORCH_CHECK_TYPE(w.scalar_type() == dtype, name, " must have dtype ", dtype,
+                   " like up_weight, got ", w.scalar_type());
+  check_cpu(w, name);
+  TORCH_CHECK_VALUE(w.is_contiguous(), name, " must be contiguous (call .contiguous())");
+}
+
+void check_index_list(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must have dtype torch.int64, got ",
+                   t.scalar_type());
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Runs the core's parallel row copies on ATen's intra-op pool (torch.set_num_threads applies).
+struct AtenParallelFor {
+  template <class Body>
+  void operator()(int64_t begin, int64_t end, int64_t grain, const Body& body) const {
+    at::parallel_for(begin, end, grain, body);
+  }
+};
+
+// Calls f(), turning the core's std:: exceptions into the matching Python exception types.
+template <class F>
+decltype(auto) translate_errors(F&& f) {
+  try {
+    return f();
+  } catch (const std::out_of_range& e) {
+    TORCH_CHECK_INDEX(false, e.what());
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+// A tensor viewing `bytes` of the core's shared buffer; the view's storage holds a reference to the
+// buffer, so it stays valid after the cache is gone.
+at::Tensor view_of(const std::shared_ptr<std::byte>& owner, int64_t rows, int64_t cols,
+                   size_t ld_bytes, at::ScalarType dtype) {
+  const auto elem = static_cast<int64_t>(c10::elementSize(dtype));
+  return at::from_blob(
+      owner.get(), {rows, cols}, {static_cast<int64_t>(ld_bytes) / elem, 1},
+      [keep = owner](void*) mutable { keep.reset(); }, at::TensorOptions().dtype(dtype));
+}
+
+class WeightCache : public torch::CustomClassHolder {
+ public:
+  // Seed-compatible: mask [N] bool, down [hidden, N]; an empty gate (or has_gate=false) means none.
+  WeightCache(const at::Tensor& mask, int64_t hidden_size, const at::Tensor& gate_weight,
+              const at::Tensor& up_weight, const at::Tensor& down_weight, bool has_gate)
+      : cache_(make_core(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate,
+                         dtype_)) {
+    const int64_t n = cache_.rows();
+    concat_block_ = view_of(cache_.packed_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
+    down_block_ = view_of(cache_.packed_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
+    pool_concat_ = view_of(cache_.pool_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
+    pool_down_ = view_of(cache_.pool_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
+  }
+
+  void update_active_weights(const at::Tensor& mask) {
+    check_mask(mask, cache_.rows(), "mask");
+    cache_.update_from_mask(reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
+                            mask.stride(0), AtenParallelFor{});
+  }
+
+  void update_from_indices(const at::Tensor& added, const at::Tensor& removed) {
+    check_index_list(added, "added");
+    check_index_list(removed, "removed");
+    translate_errors([&] {
+      cache_.update_from_indices(added.data_ptr<int64_t>(), added.numel(),
+                                 removed.data_ptr<int64_t>(), removed.numel(), AtenParallelFor{});
+    });
+  }
+
+  // Each getter call cuts a fresh view (metadata only, no data moves), so an update creates no
+  // tensor and a caller's in-place metadata change (t_(), resize_) cannot leak into the cache.
+  // [m, G+U] view of the live packed block (gate columns first); aliases later updates.
+  at::Tensor get_concat_weight() const { return concat_block_.narrow(0, 0, cache_.num_active()); }
+  // [hidden, m] transposed view of the live packed down^T block; aliases later updates.
+  at::Tensor get_active_down_weight() const {
+    return down_block_.narrow(0, 0, cache_.num_active()).t();
+  }
+  int64_t get_num_active() const { return cache_.num_active(); }
+
+  at::Tensor active_indices() const {
+    const int64_t m = cache_.num_active();
+    auto out = at::empty({m}, at::kLong);
+    auto* o = out.data_ptr<int64_t>();
+    const int32_t* rows = cache_.active_rows();
+    for (int64_t s = 0; s < m; ++s) o[s] = rows[s];
+    return out;
+  }
+
+  at::Tensor position_map() const {
+    auto out = at::empty({cache_.rows()}, at::kLong);
+    auto* o = out.data_ptr<int64_t>();
+    for (int64_t r = 0; r < cache_.rows(); ++r) o[r] = cache_.slot_of(r);
+    return out;
+  }
+
+  at::Tensor mask() const {
+    auto out = at::empty({cache_.rows()}, at::kBool);
+    auto* o = out.data_ptr<bool>();
+    for (int64_t r = 0; r < cache_.rows(); ++r) o[r] = cache_.is_active(r);
+    return out;
+  }
+
+  // (added, removed, rows_written, path, m_before, m_after) of the last update.
+  std::tuple<int64_t, int64_t, int64_t, std::string, int64_t, int64_t> last_update_stats() const {
+    const auto& s = cache_.last_update_stats();
+    return {s.added, s.removed, s.rows_written, core::to_string(s.path), s.m_before, s.m_after};
+  }
+
+  // Full pools [N, G+U] and [N, hidden] (down^T): what the cache gathers from. Read-only by contract.
+  at::Tensor pool_concat_weight() const { return pool_concat_.alias(); }
+  at::Tensor pool_down_weight_t() const { return pool_down_.alias(); }
+
+  int64_t grain() const { return cache_.settings().grain; }
+  int64_t par_threshold() const { return cache_.settings().par_threshold; }
+  double hybrid_tau_frac() const { return cache_.settings().hybrid_tau_frac; }
+  void set_grain(int64_t v) { set([&](core::Settings& s) { s.grain = v; }); }
+  void set_par_threshold(int64_t v) { set([&](core::Settings& s) { s.par_threshold = v; }); }
+  void set_hybrid_tau_frac(double v) { set([&](core::Settings& s) { s.hybrid_tau_frac = v; }); }
+
+  void check_invariants() const {
+    try {
+      cache_.check_invariants();
+    } catch (const std::logic_error& e) {
+      TORCH_CHECK(false, e.what());
+    }
+  }
+
+ private:
+  static core::WeightCache make_core(const at::Tensor& mask, int64_t hidden_size,
+                                     const at::Tensor& gate, const at::Tensor& up,
+                                     const at::Tensor& down, bool has_gate,
+                                     at::ScalarType& dtype) {
+    TORCH_CHECK_VALUE(up.defined() && down.defined(), "up_weight and down_weight must be defined");
+    TORCH_CHECK_VALUE(up.dim() == 2, "up_weight must be 2-D [N, up_cols], got shape ", up.sizes());
+    dtype = up.scalar_type();
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                     "up_weight must be float32, float16 or bfloat16, got ", dtype);
+    check_weight(up, "up_weight", dtype);
+    const int64_t n = up.size(0);
+    TORCH_CHECK_VALUE(n >= 1, "up_weight must have at least one row (N >= 1)");
+    TORCH_CHECK_VALUE(hidden_size >= 1, "hidden_size must be >= 1, got ", hidden_size);
+    check_weight(down, "down_weight", dtype);
+    TORCH_CHECK_VALUE(down.size(0) == hidden_size && down.size(1) == n,
+                      "down_weight must have shape [hidden_size, N] = [", hidden_size, ", ", n,
+                      "], got ", down.sizes());
+    const bool use_gate = has_gate && gate.defined() && gate.numel() > 0;
+    if (use_gate) {
+      check_weight(gate, "gate_weight", dtype);
+      TORCH_CHECK_VALUE(gate.size(0) == n, "gate_weight must have N = ", n,
+                        " rows like up_weight, got shape ", gate.sizes());
+    }
+    check_mask(mask, n, "mask");
+    core::Shape shape;
+    shape.rows = n;
+    shape.gate_cols = use_gate ? gate.size(1) : 0;
+    shape.up_cols = up.size(1);
+    shape.hidden = hidden_size;
+    shape.elem_size = c10::elementSize(dtype);
+    return translate_errors([&] {
+      return core::WeightCache(shape, use_gate ? gate.data_ptr() : nullptr, up.data_ptr(),
+                               down.data_ptr(),
+                               reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
+                               mask.stride(0), core::Settings::from_environment());
+    });
+  }
+
+  template <class F>
+  void set(F&& change) {
+    core::Settings s = cache_.settings();
+    change(s);
+    translate_errors([&] { cache_.set_settings(s); });
+  }
+
+  at::ScalarType dtype_ = at::kFloat;  // set by make_core before cache_ is built
+  core::WeightCache cache_;
+  at::Tensor concat_block_, down_block_, pool_concat_, pool_down_;  // full-capacity views
+};
+
+// Copies src[src_rows[i]] -> dst[dst_rows[i]] row by row with plain memcpy, on the calling thread:
+// the physical floor of an O(k) update, used by the benchmarks as a lower bound.
+void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src,
+               const at::Tensor& src_rows) {
+  check_index_list(dst_rows, "dst_rows");
+  check_index_list(src_rows, "src_rows");
+  check_cpu(dst, "dst");
+  check_cpu(src, "src");
+  TORCH_CHECK_VALUE(dst.dim() == 2 && src.dim() == 2 && dst.size(1) == src.size(1),
+                    "dst and src must be 2-D with the same number of columns");
+  TORCH_CHECK_TYPE(dst.scalar_type() == src.scalar_type(), "dst and src must share a dtype");
+  TORCH_CHECK_VALUE(dst.stride(1) == 1 && src.stride(1) == 1, "dst and src rows must be contiguous");
+  TORCH_CHECK_VALUE(dst_rows.numel() == src_rows.numel(), "dst_rows and src_rows differ in length");
+  const auto* di = dst_rows.data_ptr<int64_t>();
+  const auto* si = src_rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < dst_rows.numel(); ++i) {
+    TORCH_CHECK_INDEX(di[i] >= 0 && di[i] < dst.size(0), "dst_rows[", i, "] out of range");
+    TORCH_CHECK_INDEX(si[i] >= 0 && si[i] < src.size(0), "src_rows[", i, "] out of range");
+  }
+  const size_t es = dst.element_size();
+  const size_t row_bytes = static_cast<size_t>(dst.size(1)) * es;
+  auto* d = static_cast<std::byte*>(dst.data_ptr());
+  const auto* s = static_cast<const std::byte*>(src.data_ptr());
+  const size_t dld = dst.stride(0) * es, sld = src.stride(0) * es;
+  for (int64_t i = 0; i < dst_rows.numel(); ++i)
+    std::memcpy(d + di[i] * dld, s + si[i] * sld, row_bytes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(paired, m) {
+  m.class_<WeightCache>("WeightCache")
+      .def(torch::init<const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
+                       const at::Tensor&, bool>(),
+           "WeightCache(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate=True)",
+           {torch::arg("mask"), torch::arg("hidden_size"), torch::arg("gate_weight"),
+            torch::arg("up_weight"), torch::arg("down_weight"), torch::arg("has_gate") = true})
+      .def("update_active_weights", &WeightCache::update_active_weights)
+      .def("update_from_indices", &WeightCache::update_from_indices)
+      .def("get_concat_weight", &WeightCache::get_concat_weight)
+      .def("get_active_down_weight", &WeightCache::get_active_down_weight)
+      .def("get_num_active", &WeightCache::get_num_active)
+      .def("active_indices", &WeightCache::active_indices)
+      .def("position_map", &WeightCache::position_map)
+      .def("mask", &WeightCache::mask)
+      .def("last_update_stats", &WeightCache::last_update_stats)
+      .def("pool_concat_weight", &WeightCache::pool_concat_weight)
+      .def("pool_down_weight_t", &WeightCache::pool_down_weight_t)
+      .def("grain", &WeightCache::grain)
+      .def("par_threshold", &WeightCache::par_threshold)
+      .def("hybrid_tau_frac", &WeightCache::hybrid_tau_frac)
+      .def("set_grain", &WeightCache::set_grain)
+      .def("set_par_threshold", &WeightCache::set_par_threshold)
+      .def("set_hybrid_tau_frac", &WeightCache::set_hybrid_tau_frac)
+      .def("check_invariants", &WeightCache::check_invariants);
+  m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows) -> ()");
+  m.impl("copy_rows", c10::DispatchKey::CPU, TORCH_FN(copy_rows));
+}
