@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(CXX_SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q setuptools wheel ninja
+	$(PIP) install -q "setuptools>=77" wheel ninja numpy
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 	touch $@
 

@@ -108,6 +108,30 @@ def run(rows: int, active: int, hidden: int, ks: list[int], steps: int, rounds: 
     return results
 
 
+def fixed_cost_us(calls: int = 20000) -> dict[str, float]:
+    """Per-call cost of an update that changes nothing (k = 0), in a tight loop, in microseconds."""
+    n, hidden = 8192, 64
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[: n // 4] = True
+    cache = WeightCache(mask, hidden, torch.randn(n, hidden), torch.randn(n, hidden),
+                        torch.randn(hidden, n))
+    empty = torch.empty(0, dtype=torch.int64)
+    calls_by_name = {
+        "wrapper.update_active_weights": lambda: cache.update_active_weights(mask),
+        "torch.classes.update_active_weights": lambda: cache.torch_object.update_active_weights(mask),
+        "wrapper.update_from_indices": lambda: cache.update_from_indices(empty, empty),
+    }
+    out = {}
+    for name, call in calls_by_name.items():
+        for _ in range(calls // 10):  # warm-up
+            call()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        out[name] = (time.perf_counter() - t0) / calls * 1e6
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=8192, help="N")
@@ -125,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{c:>22}" for c in cols))
     for row in rows:
         print(" ".join(f"{row[c]:>22}" for c in cols))
+    print(f"fixed cost per call at k=0 (N=8192, tight loop of {20000} calls):")
+    for name, us in fixed_cost_us().items():
+        print(f"  {name:<40} {us:6.2f} us")
     return 0
 
 
