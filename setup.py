@@ -9,6 +9,7 @@ from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = Path(__file__).parent.resolve()
+FLAGS = ["-O3", "-DNDEBUG"]  # generic: the wheel may run on any x86-64 / arm64 host
 
 setup(
     ext_modules=[
@@ -16,7 +17,7 @@ setup(
             name="paired_replacement._C",
             sources=["csrc/binding/weight_cache_torch.cpp"],
             include_dirs=[str(ROOT / "csrc")],
-            extra_compile_args=["-O3"],
+            extra_compile_args=[*FLAGS, f"-DPAIRED_REPLACEMENT_BUILD_FLAGS={','.join(FLAGS)}"],
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

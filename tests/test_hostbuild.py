@@ -27,6 +27,8 @@ USE_BUILD = textwrap.dedent(
     assert torch.equal(cache.get_concat_weight(), torch.cat([gate, up], 1)[idx])
     assert torch.equal(cache.get_active_down_weight(), down[:, idx])
     assert torch.equal(idx.sort().values, new.nonzero().squeeze(1))
+    info = torch.ops.paired.build_info()
+    assert "flags=-O3,-DNDEBUG,-march=native" in info or "-mcpu=native" in info, info
     print("OK", lib)
     """
 )

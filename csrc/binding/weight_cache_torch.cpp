@@ -219,10 +219,11 @@ class WeightCache : public torch::CustomClassHolder {
   at::Tensor concat_block_, down_block_, pool_concat_, pool_down_;  // full-capacity views
 };
 
-// Copies src[src_rows[i]] -> dst[dst_rows[i]] row by row with plain memcpy, on the calling thread:
-// the physical floor of an O(k) update, used by the benchmarks as a lower bound.
+// Copies src[src_rows[i]] -> dst[dst_rows[i]], one row at a time: the physical floor of an O(k)
+// update, used by the benchmarks as a lower bound. `streaming` uses the core's non-temporal row
+// copy (x86, 64-byte aligned rows) instead of memcpy; `parallel` splits the rows over ATen's pool.
 void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src,
-               const at::Tensor& src_rows) {
+               const at::Tensor& src_rows, bool streaming, bool parallel) {
   check_index_list(dst_rows, "dst_rows");
   check_index_list(src_rows, "src_rows");
   check_cpu(dst, "dst");
@@ -243,8 +244,48 @@ void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src
   auto* d = static_cast<std::byte*>(dst.data_ptr());
   const auto* s = static_cast<const std::byte*>(src.data_ptr());
   const size_t dld = dst.stride(0) * es, sld = src.stride(0) * es;
-  for (int64_t i = 0; i < dst_rows.numel(); ++i)
-    std::memcpy(d + di[i] * dld, s + si[i] * sld, row_bytes);
+  const auto body = [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      core::detail::copy_row(d + di[i] * dld, s + si[i] * sld, row_bytes, streaming);
+    if (streaming) core::detail::store_fence();
+  };
+  if (parallel)
+    at::parallel_for(0, dst_rows.numel(), 1, body);
+  else
+    body(0, dst_rows.numel());
+}
+
+#define PAIRED_REPLACEMENT_STR2(...) #__VA_ARGS__
+#define PAIRED_REPLACEMENT_STR(...) PAIRED_REPLACEMENT_STR2(__VA_ARGS__)
+
+// What this library was compiled with, as "key=value" lines (flags comma-separated): results
+// record it.
+std::string build_info() {
+  std::string simd =
+#if defined(__AVX512F__)
+      "avx512f";
+#elif defined(__AVX2__)
+      "avx2";
+#elif defined(PAIRED_REPLACEMENT_X86)
+      "sse2";
+#else
+      "portable";
+#endif
+  return std::string("compiler=") +
+#if defined(__clang__)
+         "clang " __clang_version__
+#elif defined(__GNUC__)
+         "gcc " __VERSION__
+#else
+         "unknown"
+#endif
+         + "\nflags=" +
+#ifdef PAIRED_REPLACEMENT_BUILD_FLAGS
+         PAIRED_REPLACEMENT_STR(PAIRED_REPLACEMENT_BUILD_FLAGS)
+#else
+         "unrecorded"
+#endif
+         + "\nsimd=" + simd + "\n";
 }
 
 }  // namespace
@@ -274,6 +315,8 @@ TORCH_LIBRARY(paired, m) {
       .def("set_par_threshold", &WeightCache::set_par_threshold)
       .def("set_hybrid_tau_frac", &WeightCache::set_hybrid_tau_frac)
       .def("check_invariants", &WeightCache::check_invariants);
-  m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows) -> ()");
+  m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows, "
+        "bool streaming=False, bool parallel=False) -> ()");
   m.impl("copy_rows", c10::DispatchKey::CPU, TORCH_FN(copy_rows));
+  m.def("build_info() -> str", &build_info);
 }

@@ -109,7 +109,7 @@ def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = Fa
     load_call = (
         "from torch.utils.cpp_extension import load; "
         f"load(name={LIBRARY_NAME!r}, sources={[str(root / s) for s in SOURCES]!r}, "
-        f"extra_cflags={flags!r}, extra_include_paths={[str(root / 'csrc')]!r}, "
+        f"extra_cflags={[*flags, '-DPAIRED_REPLACEMENT_BUILD_FLAGS=' + ','.join(flags)]!r}, extra_include_paths={[str(root / 'csrc')]!r}, "
         f"build_directory={str(work)!r}, is_python_module=False, verbose={verbose!r})"
     )
     t0 = time.perf_counter()
