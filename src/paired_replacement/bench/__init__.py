@@ -1,0 +1,6 @@
+"""Benchmark suite: ``python -m paired_replacement.bench <command> --help``.
+
+Commands: micro (one update vs k), e2e and sweep (decode steps of a sparse FFN), autotune
+(per-host settings search), perf (counters of the timed updates), hostinfo (host description).
+Timing is pyperf's (timing.py); outputs are schema-checked CSVs (schemas/) with host metadata.
+"""

@@ -1,0 +1,312 @@
+"""What every benchmark shares: run metadata, statistics, schema-checked CSV output, progress,
+tuning (autotune JSON) resolution and the correctness gate."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .. import _extension
+from . import hostinfo
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class CorrectnessError(RuntimeError):
+    """A method's result differs from the reference: the benchmark must not time it."""
+
+
+class SchemaError(ValueError):
+    """A results table does not match its documented schema."""
+
+
+class AutotuneError(ValueError):
+    """An autotune JSON that must not be used here (another host, malformed)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas
+# ---------------------------------------------------------------------------------------------
+def load_schema(name: str) -> list[dict]:
+    """Columns of schema ``name`` (micro, e2e, perf, autotune), group columns first."""
+    folder = resources.files("paired_replacement.bench") / "schemas"
+    common = json.loads((folder / "common.schema.json").read_text())["groups"]
+    schema = json.loads((folder / f"{name}.schema.json").read_text())
+    columns = [c for group in schema.get("extends", []) for c in common[group]]
+    return columns + schema["columns"]
+
+
+def column_names(name: str) -> list[str]:
+    return [c["name"] for c in load_schema(name)]
+
+
+_CHECKS = {
+    "integer": lambda s: s.map(lambda v: float(v).is_integer()).all(),
+    "number": lambda s: True,
+    "boolean": lambda s: s.map(lambda v: v in (True, False, "True", "False", "true", "false")).all(),
+    "string": lambda s: True,
+}
+
+
+def validate_frame(frame, name: str, source: str = "<table>") -> None:
+    """Raises SchemaError naming ``source`` unless ``frame`` has exactly the schema's columns, in
+    order, with values of the documented types (numbers may be empty only where noted as such)."""
+    import pandas as pd
+
+    columns = load_schema(name)
+    expected = [c["name"] for c in columns]
+    actual = list(frame.columns)
+    if actual != expected:
+        missing = [c for c in expected if c not in actual]
+        extra = [c for c in actual if c not in expected]
+        raise SchemaError(f"{source}: columns do not match schema '{name}' "
+                          f"(missing {missing}, unexpected {extra}, or out of order)")
+    if frame.empty:
+        raise SchemaError(f"{source}: no rows")
+    for col in columns:
+        series = frame[col["name"]]
+        if col["type"] in ("integer", "number"):
+            numeric = pd.to_numeric(series, errors="coerce")
+            bad = numeric.isna() & series.notna() & (series.astype(str).str.strip() != "")
+            if bad.any():
+                raise SchemaError(f"{source}: column {col['name']} holds non-numbers, e.g. "
+                                  f"{series[bad].iloc[0]!r}")
+            present = numeric.dropna()
+            if col["type"] == "integer" and not _CHECKS["integer"](present):
+                raise SchemaError(f"{source}: column {col['name']} must hold integers")
+        elif col["type"] == "boolean":
+            if not _CHECKS["boolean"](series.dropna()):
+                raise SchemaError(f"{source}: column {col['name']} must hold true/false")
+        elif series.isna().any():
+            raise SchemaError(f"{source}: column {col['name']} has empty values")
+
+
+def validate_csv(path: str | Path, name: str):
+    """Reads and validates a results CSV; returns it as a DataFrame."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SchemaError(f"{path}: unreadable as CSV ({exc})") from exc
+    validate_frame(frame, name, str(path))
+    return frame
+
+
+def write_csv(rows: list[dict], path: str | Path, name: str) -> None:
+    """Writes ``rows`` in schema order after validating them (atomically: tmp + rename)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    expected = column_names(name)
+    unknown = [c for c in frame.columns if c not in expected]
+    if unknown:
+        raise SchemaError(f"rows for {path} carry columns not in schema '{name}': {unknown}")
+    frame = frame.reindex(columns=expected)
+    validate_frame(frame, name, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata and statistics
+# ---------------------------------------------------------------------------------------------
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_metadata() -> dict[str, str]:
+    """compiler, build_flags, simd and build_source of the ops library this process loaded."""
+    import torch
+
+    library = _extension.load_extension()
+    info = dict(line.split("=", 1) for line in torch.ops.paired.build_info().splitlines() if "=" in line)
+    installed = library.name.startswith("_C.")
+    return {"compiler": info.get("compiler", "unknown"), "build_flags": info.get("flags", "unknown"),
+            "simd": info.get("simd", "unknown"),
+            "build_source": "pip" if installed else str(library.parent)}
+
+
+def run_metadata() -> dict[str, Any]:
+    """The meta columns shared by every row of one run (threads and config_hash are per row)."""
+    import torch
+
+    return {"host_id": hostinfo.host_id(), "cpu_model": hostinfo.cpu_model(),
+            "torch_version": torch.__version__, **build_metadata(), "git_commit": git_commit(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def config_hash(config: dict) -> str:
+    """12 hex digits of the canonical JSON of ``config``."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def summarize(values: Iterable[float], *, seed: int = 0, resamples: int = 2000) -> dict[str, float]:
+    """Median, IQR, mean, stdev and a 95% percentile-bootstrap CI of the median."""
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0:
+        raise ValueError("no timing values to summarize")
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(v, size=(resamples, v.size), replace=True), axis=1)
+    q1, q3 = np.percentile(v, [25, 75])
+    return {"n_values": int(v.size), "median_s": float(np.median(v)), "iqr_s": float(q3 - q1),
+            "ci95_low_s": float(np.percentile(medians, 2.5)),
+            "ci95_high_s": float(np.percentile(medians, 97.5)),
+            "mean_s": float(v.mean()), "stdev_s": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+class Progress:
+    """One line per finished configuration with an ETA; silent when quiet."""
+
+    def __init__(self, total: int, label: str, quiet: bool = False) -> None:
+        self.total, self.label, self.quiet = total, label, quiet
+        self.done = 0
+        self.start = time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.label} {self.done}/{self.total}] {what}  "
+              f"(elapsed {elapsed:5.0f} s, ETA {eta:5.0f} s)", file=sys.stderr, flush=True)
+
+
+def check_close(method: str, what: str, got, want, *, exact: bool = True,
+                rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """The correctness gate: raises CorrectnessError unless ``got`` equals ``want``."""
+    import torch
+
+    got_t, want_t = torch.as_tensor(got), torch.as_tensor(want)
+    if got_t.shape != want_t.shape:
+        raise CorrectnessError(f"{method}: {what} has shape {tuple(got_t.shape)}, "
+                               f"reference {tuple(want_t.shape)}; refusing to time a wrong answer")
+    ok = torch.equal(got_t, want_t) if exact else torch.allclose(
+        got_t.double(), want_t.double(), rtol=rtol, atol=atol)
+    if not ok:
+        diff = (got_t.double() - want_t.double()).abs().max().item()
+        raise CorrectnessError(f"{method}: {what} differs from the reference (max abs diff "
+                               f"{diff:.3g}); refusing to time a wrong answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning: defaults, CLI values or the host's autotune JSON
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tuning:
+    grain: int = 64
+    par_threshold: int = 64
+    hybrid_tau_frac: float = 0.5
+    source: str = "default"
+
+    def columns(self) -> dict[str, Any]:
+        return {"grain": self.grain, "par_threshold": self.par_threshold,
+                "hybrid_tau_frac": self.hybrid_tau_frac, "tuning_source": self.source}
+
+
+def load_autotune(path: str | Path, shape: dict | None = None) -> Tuning:
+    """The winning settings of an autotune JSON made on this host.
+
+    Raises AutotuneError for a JSON from another host (its fingerprint differs) or a malformed
+    one; warns when it was tuned on a different shape than ``shape``.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        host, winner = data["host"], data["winner"]
+        tuning = Tuning(int(winner["grain"]), int(winner["par_threshold"]),
+                        float(winner["hybrid_tau_frac"]), f"autotune:{path}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AutotuneError(f"{path}: not a usable autotune JSON ({exc})") from exc
+    here = hostinfo.fingerprint()
+    mismatched = [k for k in ("host_id", "cpu_model", "logical_cpus") if host.get(k) != here[k]]
+    if mismatched:
+        detail = ", ".join(f"{k}: {host.get(k)!r} there, {here[k]!r} here" for k in mismatched)
+        raise AutotuneError(f"{path} was tuned on another host ({detail}); tune this host with "
+                            "`python -m paired_replacement.bench autotune` or pass "
+                            "--skip-autotune-json")
+    if shape is not None and any(data.get("shape", {}).get(k) != v for k, v in shape.items()):
+        warnings.warn(f"{path} was tuned for shape {data.get('shape')}, this run uses {shape}; "
+                      "using its settings anyway", stacklevel=2)
+    return tuning
+
+
+def resolve_tuning(args: argparse.Namespace, shape: dict | None = None) -> Tuning:
+    """CLI values win; else the autotune JSON (unless --skip-autotune-json); else defaults."""
+    cli = {k: getattr(args, k) for k in ("grain", "par_threshold", "hybrid_tau_frac")
+           if getattr(args, k, None) is not None}
+    base = Tuning()
+    if args.autotune_json and not args.skip_autotune_json:
+        base = load_autotune(args.autotune_json, shape)
+    if cli:
+        merged = {**base.columns(), **cli}
+        return Tuning(int(merged["grain"]), int(merged["par_threshold"]),
+                      float(merged["hybrid_tau_frac"]), "cli")
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line options every benchmark takes
+# ---------------------------------------------------------------------------------------------
+def add_common_args(parser: argparse.ArgumentParser, *, tuning: bool = True) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="CSV to write (pyperf JSON goes next to it)")
+    out.add_argument("--quiet", action="store_true", help="no progress lines")
+    timing = parser.add_argument_group("timing (pyperf)")
+    timing.add_argument("--processes", type=int, default=3, help="worker processes per benchmark")
+    timing.add_argument("--values", type=int, default=5, help="timed values per worker")
+    timing.add_argument("--warmups", type=int, default=1, help="discarded warm-up values per worker")
+    timing.add_argument("--min-time", type=float, default=0.05,
+                        help="minimum seconds per value (pyperf calibrates the loop count)")
+    timing.add_argument("--fast", action="store_true",
+                        help="1 process x 3 values of 8 loops, no calibration: smoke runs and tests "
+                        "only (every pyperf process pays ~2 s of torch import and data setup)")
+    timing.add_argument("--seed", type=int, default=0, help="seed of the data and mask sequences")
+    timing.add_argument("--build-dir", help="use the ops built here (paired-replacement-build)")
+    if tuning:
+        tune = parser.add_argument_group("tuning")
+        tune.add_argument("--autotune-json", help="this host's autotune result to take settings from")
+        tune.add_argument("--skip-autotune-json", action="store_true",
+                          help="ignore --autotune-json (use defaults or the values below)")
+        tune.add_argument("--grain", type=int, help="override WEIGHT_CACHE_GRAIN")
+        tune.add_argument("--par-threshold", type=int, help="override WEIGHT_CACHE_PAR_THRESHOLD")
+        tune.add_argument("--hybrid-tau-frac", type=float,
+                          help="override WEIGHT_CACHE_HYBRID_TAU_FRAC (the hybrid method's tau)")
+
+
+def timing_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.fast:
+        return {"processes": 1, "values": 3, "warmups": 1, "min_time": 0.01, "loops": 8}
+    return {"processes": args.processes, "values": args.values, "warmups": args.warmups,
+            "min_time": args.min_time, "loops": 0}
+
+
+def parse_bool_list(values: list[str]) -> list[bool]:
+    table = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+    try:
+        return [table[v.lower()] for v in values]
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(f"expected on/off, got {exc.args[0]!r}") from None

@@ -1,0 +1,143 @@
+"""Host description: who measured a result, on what.
+
+``host_id()`` names the host in every CSV row and in ``results/hosts/<host>/``; set
+``PAIRED_REPLACEMENT_HOST`` to override the short hostname (e.g. one id per node type on a cluster).
+``host_info()`` is the JSON the ``hostinfo`` CLI writes; ``fingerprint()`` is what autotune results
+are tied to (a JSON from another host is refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HOST_ENV = "PAIRED_REPLACEMENT_HOST"
+_SYS_CPU = Path("/sys/devices/system/cpu")
+
+
+def host_id() -> str:
+    """Short, filesystem-safe host name ([A-Za-z0-9_.-])."""
+    raw = os.environ.get(HOST_ENV) or socket.gethostname().split(".")[0] or "unknown-host"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                info.setdefault(key, value)  # first processor only
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+
+
+def isa_flags() -> list[str]:
+    """The SIMD-relevant ISA flags of this CPU (the full list is long and mostly irrelevant)."""
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    keep = re.compile(r"^(sse\d.*|ssse3|avx.*|fma|bmi\d|amx.*|asimd.*|sve.*|neon|erms|fsrm)$")
+    return sorted(f for f in flags if keep.match(f))
+
+
+def caches() -> list[dict]:
+    """Cache levels of CPU 0 from sysfs: level, type, size, shared_cpu_list."""
+    out = []
+    for index in sorted(_SYS_CPU.glob("cpu0/cache/index*")):
+        def read(name: str) -> str:
+            try:
+                return (index / name).read_text().strip()
+            except OSError:
+                return ""
+        out.append({"level": read("level"), "type": read("type"), "size": read("size"),
+                    "shared_cpu_list": read("shared_cpu_list")})
+    return out
+
+
+def governor() -> str:
+    try:
+        return (_SYS_CPU / "cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        return "unreadable"
+
+
+def memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 2)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def compiler_version() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                              check=True).stdout.splitlines()[0].strip()
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def fingerprint() -> dict:
+    """What must match for a tuned configuration to carry over: the host and its CPU."""
+    return {"host_id": host_id(), "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
+            "machine": platform.machine()}
+
+
+def host_info() -> dict:
+    import torch
+
+    return {
+        **fingerprint(),
+        "hostname": socket.gethostname(),
+        "physical_cores": _physical_cores(),
+        "isa_flags": isa_flags(),
+        "caches": caches(),
+        "memory_gib": memory_gib(),
+        "os": platform.platform(),
+        "kernel": platform.release(),
+        "governor": governor(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "compiler": compiler_version(),
+    }
+
+
+def _physical_cores() -> int | None:
+    info = Path("/proc/cpuinfo")
+    try:
+        pairs = set(re.findall(r"physical id\s*:\s*(\d+).*?core id\s*:\s*(\d+)",
+                               info.read_text(), flags=re.S))
+    except OSError:
+        return None
+    return len(pairs) or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paired_replacement.bench hostinfo",
+                                     description="Write this host's description as JSON.")
+    parser.add_argument("--out", help="output JSON (default: stdout)")
+    args = parser.parse_args(argv)
+    text = json.dumps(host_info(), indent=2) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
