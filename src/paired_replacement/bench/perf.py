@@ -1,4 +1,4 @@
-"""``perf``: counters of the timed cache updates only — not process start-up, data setup or the build.
+"""``perf``: counters of the timed cache updates only (not start-up, data setup or the build).
 
 The workload is ``csrc/tools/perf_driver.cpp``, a standalone single-threaded C++17 program over the
 header-only core (no torch, no Python in the counted process). For one configuration it builds
@@ -18,15 +18,16 @@ Counter sources (``--source auto`` tries them in this order; a forced one is use
   ``--control fd:CTL,ACK`` (it writes ``enable``/``disable`` and waits for perf's ``ack``) right
   around the update loop, so only the updates are counted. Events perf reports as
   ``<not supported>``/``<not counted>`` are rows with source hw and an empty value.
-* ``cachegrind`` — valgrind's simulated caches (``--cache-sim=yes``; the geometry valgrind derives
-  from this host unless ``--cachegrind-args`` sets it, e.g. ``"--LL=33554432,16,64"``). Valgrind
-  3.19 has no client request to start instrumentation late, so each method runs twice with the same
-  seed and the same pre-generated chain: once with ``--updates U`` and once with ``--updates 0``
-  (zero-padded to the same argv length), and the counts of the U updates are the difference. The
-  setup is deterministic, so the difference is exact for Ir up to a few hundred instructions of
-  output formatting; miss counts also carry the updates' effect on the cache state seen by the
-  final checksum. Events: Ir, Dr, Dw, D1mr, D1mw, DLmr, DLmw (simulated on the CPU valgrind
-  presents, which lacks AVX-512: glibc's memcpy variant may differ from a native run).
+* ``cachegrind`` — valgrind's simulated caches (``--cache-sim=yes``) with a fixed geometry by default
+  (FIXED_GEOMETRY: 32 KiB L1s, 32 MiB LL) so that hosts compare; valgrind would otherwise derive
+  it from the CPUID, which gives odd results on some VMs). Valgrind 3.19 has no client request to start
+  instrumentation late, so each method runs twice with the same seed and the same pre-generated
+  chain: once with ``--updates U`` and once with ``--updates 0`` (zero-padded to the same argv
+  length), and the counts of the U updates are the difference. The setup is deterministic, so the
+  difference is exact for Ir up to a few hundred instructions of output formatting; miss counts
+  also carry the updates' effect on the cache state seen by the final checksum. Events: Ir, Dr, Dw,
+  D1mr, D1mw, DLmr, DLmw (simulated on the CPU valgrind presents, which lacks AVX-512: glibc's
+  memcpy variant may differ from a native run).
 * ``unavailable`` — neither works: rows carry the event names of the first source asked for and
   empty values. Lack of counters never fails the command (exit 0, with a warning line).
 
@@ -71,6 +72,11 @@ class CounterError(RuntimeError):
 
 def warn(message: str) -> None:
     print(f"perf: warning: {message}", file=sys.stderr, flush=True)
+
+
+# Simulated caches of a typical server core, identical on every host so cachegrind counts compare
+# (valgrind derives odd geometries from some VMs' CPUID, e.g. a 320 MB direct-mapped LL here).
+FIXED_GEOMETRY = "--I1=32768,8,64 --D1=32768,8,64 --LL=33554432,16,64"
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ def build_driver(driver_dir: str | os.PathLike, *, root: Path = common.REPO_ROOT
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"compiling the perf driver failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"compiling the perf driver failed: {' '.join(cmd)}\n"
+                           f"{proc.stderr[-4000:]}")
     os.replace(tmp, exe)
     return exe
 
@@ -162,7 +169,8 @@ def run_driver(driver: Path, args: list[str]) -> dict:
     """Runs the driver natively; returns its JSON summary. Raises RuntimeError when it fails."""
     proc = subprocess.run([str(driver), *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"perf driver failed (exit {proc.returncode}): {driver} {' '.join(args)}\n"
+        raise RuntimeError(f"perf driver failed (exit {proc.returncode}): {driver} "
+                           f"{' '.join(args)}\n"
                            f"{proc.stderr[-4000:]}")
     return parse_driver_json(proc.stdout)
 
@@ -317,8 +325,8 @@ def _cachegrind_run(driver: Path, args: list[str], extra: list[str]) -> tuple[di
         raise CounterError("valgrind is not on PATH")
     with tempfile.TemporaryDirectory(prefix="cachegrind-") as tmp:
         out_file = Path(tmp) / "cachegrind.out"
-        cmd = [valgrind, "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out_file}",
-               *extra, str(driver), *args]
+        cmd = [valgrind, "--tool=cachegrind", "--cache-sim=yes",
+               f"--cachegrind-out-file={out_file}", *extra, str(driver), *args]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CounterError(f"valgrind run failed (exit {proc.returncode}): "
@@ -343,8 +351,8 @@ def count_cachegrind(driver: Path, cfg: Config, extra: list[str],
         missing = [e for e in CACHEGRIND_EVENTS if e not in with_updates]
         if missing:
             raise CounterError(f"cachegrind output lacks events {missing}")
-        out[method] = ({e: float(with_updates[e] - setup_only.get(e, 0)) for e in CACHEGRIND_EVENTS},
-                       summary)
+        diff = {e: float(with_updates[e] - setup_only.get(e, 0)) for e in CACHEGRIND_EVENTS}
+        out[method] = (diff, summary)
     return out
 
 
@@ -374,9 +382,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           "write 'unavailable' rows without counting")
     src.add_argument("--hw-events", default=",".join(HW_EVENTS),
                      help="perf stat events of source hw (comma-separated)")
-    src.add_argument("--cachegrind-args", default="",
-                     help="extra valgrind options, e.g. \"--LL=33554432,16,64\" to fix the "
-                          "simulated geometry instead of the host-derived one")
+    src.add_argument("--cachegrind-args", default=FIXED_GEOMETRY,
+                     help="valgrind options; the default fixes the simulated geometry (32 KiB "
+                          "8-way L1s, 32 MiB 16-way LL) so hosts compare; pass "
+                          "--cachegrind-args='' for the host-derived one (with '=': the value "
+                          "starts with --)")
     src.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                      help="concurrent valgrind runs (simulated counts do not depend on it; perf "
                           "stat runs are always sequential)")
@@ -409,7 +419,7 @@ def _row(meta: dict, cfg: Config, method: str, source: str, event: str,
     config = {"benchmark": "perf", **asdict(cfg), "dtype": "float32", "source": source}
     return {**meta, "threads": 1, "config_hash": common.config_hash(config), "benchmark": "perf",
             "method": method, "N": cfg.rows, "m": cfg.active, "k": cfg.k, "hidden": cfg.hidden,
-            "dtype": "float32", "updates": cfg.updates, "source": source, "event": event,
+            "gate": cfg.gate, "dtype": "float32", "updates": cfg.updates, "source": source, "event": event,
             "value": value, "per_update": None if value is None else value / cfg.updates}
 
 
@@ -437,7 +447,14 @@ def _metadata(driver: Path | None, simd: str | None, cxx: str) -> dict:
     return meta
 
 
+def _fmt(v: float | None) -> str:
+    if v is None or v != v:
+        return "n/a"
+    return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
 def print_table(rows: list[dict]) -> None:
+    """Per configuration: per-update counts of both methods and their ratio, one line per event."""
     configs: dict[str, list[dict]] = {}
     for r in rows:
         configs.setdefault(r["config_hash"], []).append(r)
@@ -450,10 +467,8 @@ def print_table(rows: list[dict]) -> None:
         print(f"  {'event':<18}{'paired/update':>16}{'rebuild/update':>16}{'paired/rebuild':>16}")
         for e in events:
             a, b = per.get(("paired", e)), per.get(("rebuild", e))
-            fmt = lambda v: ("n/a" if v is None or v != v  # noqa: E731
-                             else f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}")
             ratio = "n/a" if a is None or b in (None, 0) else f"{a / b:.3f}"
-            print(f"  {e:<18}{fmt(a):>16}{fmt(b):>16}{ratio:>16}")
+            print(f"  {e:<18}{_fmt(a):>16}{_fmt(b):>16}{ratio:>16}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
                   "none": []}[args.source]
     fallback_events = CACHEGRIND_EVENTS if args.source == "cachegrind" else args.hw_events
     cxx = compiler()
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"perf: {msg}", file=sys.stderr, flush=True))
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"perf: {msg}", file=sys.stderr, flush=True)
 
     # Which sources can count here at all (probes are cheap; a failing real run also falls back).
     usable = []
@@ -478,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
 
     driver: Path | None = None
     if usable:
-        driver_dir = Path(args.driver_dir) if args.driver_dir else Path(args.out).resolve().parent / "perf_driver"
+        driver_dir = (Path(args.driver_dir) if args.driver_dir
+                      else Path(args.out).resolve().parent / "perf_driver")
         try:
             driver = build_driver(driver_dir, cxx=cxx)
         except FileNotFoundError as exc:
@@ -501,11 +520,15 @@ def main(argv: list[str] | None = None) -> int:
                 source = usable[0]
                 try:
                     if source == "hw":  # sequential: concurrent runs would disturb the counts
-                        results = {m: ("hw", count_hw(driver, cfg, m, args.hw_events)[0])
-                                   for m in METHODS}
+                        counted = {m: count_hw(driver, cfg, m, args.hw_events) for m in METHODS}
                     else:
-                        results = {m: ("cachegrind", c)
-                                   for m, (c, _) in count_cachegrind(driver, cfg, extra, pool).items()}
+                        counted = count_cachegrind(driver, cfg, extra, pool)
+                    for method, (_, summary) in counted.items():
+                        if summary["rows_written"] != cfg.expected_rows_written(method):
+                            raise common.CorrectnessError(
+                                f"{method} under {source} wrote {summary['rows_written']} rows, "
+                                f"expected {cfg.expected_rows_written(method)} ({cfg.label()})")
+                    results = {m: (source, c) for m, (c, _) in counted.items()}
                 except CounterError as exc:
                     warn(f"source {source} failed ({exc}); trying the next one")
                     usable.pop(0)
