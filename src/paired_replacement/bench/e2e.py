@@ -26,10 +26,8 @@ g, u = x @ W[:, :H].T, x @ W[:, H:].T with W the [m_t, G+U] concat weight; h = s
 relu(x @ W.T)); y = h @ D.T with D the [H, m_t] down weight. The sequence is walked ping-pong
 (1..S, then S-1..0, ...), so every timed step is a real transition of the sequence.
 
-Units: one pyperf loop is one pass over the sequence (``steps`` decode steps), so the values in the
-pyperf JSON are seconds per pass; the CSV (and the summary) report seconds per *step* (values
-divided by ``steps``). pyperf cannot be told about the inner steps here because the shared worker
-(_worker.py) does not pass ``inner_loops`` to ``bench_time_func``.
+Units: one pyperf loop is one pass over the sequence, declared to pyperf as ``inner_loops =
+steps``, so pyperf's values (JSON and CSV alike) are seconds per decode *step*.
 
 Before anything is timed, every method runs once through the whole ping-pong sequence in the
 calling process and its outputs are checked against a float64 reference (the dense FFN restricted
@@ -392,7 +390,7 @@ def _build_parser(sweep: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m paired_replacement.bench {command}",
         description=(("Sweep of the e2e benchmark over m x batch x hidden, one CSV. " if sweep else "")
-                     + doc[0] + "\n\n" + "\n\n".join(doc[2:5])),
+                     + doc[0] + "\n\n" + "\n\n".join(doc[2:])),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     shape = parser.add_argument_group("workload")
     shape.add_argument("--rows", type=_int_at_least(1), default=8192, help="N, neurons (default 8192)")
@@ -500,7 +498,7 @@ def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
         config_tasks = [{"name": f"{benchmark} {name} {config.label()} {chash}", "method": name,
                          "config": config.as_dict(),
                          "tuning": dataclasses.asdict(tuning),
-                         "mask_sha256": digest, "unit": f"seconds per pass of {config.steps} steps"}
+                         "mask_sha256": digest, "inner_loops": config.steps}
                         for name in args.methods]
         tasks += config_tasks
         plans.append((config, tuning, chash, stats, config_tasks))
@@ -511,7 +509,7 @@ def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
     meta = common.run_metadata()
     rows = []
     for config, tuning, chash, stats, config_tasks in plans:
-        summaries = {task["method"]: common.summarize(v / config.steps for v in values[task["name"]])
+        summaries = {task["method"]: common.summarize(values[task["name"]])
                      for task in config_tasks}
         medians = {name: s["median_s"] for name, s in summaries.items()}
         for name, summary in summaries.items():
