@@ -3,18 +3,35 @@
 - :class:`WeightCache` — the C++ cache (``torch.classes.paired.WeightCache``) with a typed wrapper.
 - :mod:`paired_replacement.reference` — the NumPy reference (no torch, no compiled code).
 - :func:`load_extension` — choose which compiled build this process uses (see ``_extension``).
+
+Names are imported on first use, so that torch-free tools (the NumPy reference, the analysis
+stage) do not pay for importing torch.
 """
 
-from ._extension import load_extension, loaded_library
-from .cache import WeightCache
-from .reference import PairedCache, UpdateStats, baseline_full_rebuild
+from __future__ import annotations
 
-__all__ = [
-    "WeightCache",
-    "PairedCache",
-    "UpdateStats",
-    "baseline_full_rebuild",
-    "load_extension",
-    "loaded_library",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WeightCache": ".cache",
+    "PairedCache": ".reference",
+    "UpdateStats": ".reference",
+    "baseline_full_rebuild": ".reference",
+    "load_extension": "._extension",
+    "loaded_library": "._extension",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,7 +17,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import _extension
 from . import hostinfo
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -139,6 +138,8 @@ def git_commit() -> str:
 def build_metadata() -> dict[str, str]:
     """compiler, build_flags, simd and build_source of the ops library this process loaded."""
     import torch
+
+    from .. import _extension  # imports torch: only the measuring commands need it
 
     library = _extension.load_extension()
     info = dict(line.split("=", 1) for line in torch.ops.paired.build_info().splitlines() if "=" in line)
