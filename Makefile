@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 CXX_SOURCES := $(wildcard csrc/binding/*.cpp csrc/paired_replacement/*.hpp)
 
-.PHONY: run test install clean
+.PHONY: run smoke test install clean
 
 install: $(STAMP)
 
@@ -22,13 +22,18 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(CXX_SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q "setuptools>=77" wheel ninja numpy
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation -e ".[test,pipeline]"
 	touch $@
 
-# The main job. Until the Snakemake pipeline lands this is the quick same-run comparison of one
-# cache update against index_select(out=) and a memcpy floor.
+# The main job: the Snakemake pipeline on its default config (config/config.yaml) on this host,
+# from the per-host build to paper/. The rules call `python -m ...`, so the venv goes first on PATH.
 run: $(STAMP)
-	$(PY) -m paired_replacement.quickbench
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --workflow-profile workflow/profiles/default
+
+# The smoke config: every stage in a few minutes (numbers meaningless).
+smoke: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --workflow-profile workflow/profiles/default \
+		--configfile config/smoke.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -104,7 +104,7 @@ def figure_legend(fig, labels: list[str], colors: dict, markers: dict | None = N
         return
     handles = [plt.Line2D([], [], color=colors[lab], marker=(markers or {}).get(lab, "o"))
                for lab in labels]
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5),
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
                title=title, frameon=False)
 
 
@@ -433,8 +433,9 @@ def render(name: str, merged_dir: str | Path, out_pdf: str | Path) -> tuple[Path
     fig = FIGURES[name](data.Merged(merged_dir))
     tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (out_pdf, out_png)]
     try:
-        fig.savefig(tmps[0], format="pdf", metadata={"CreationDate": None, "ModDate": None})
-        fig.savefig(tmps[1], format="png", dpi=150, metadata={"Software": None})
+        fig.savefig(tmps[0], format="pdf", bbox_inches="tight",
+                    metadata={"CreationDate": None, "ModDate": None})
+        fig.savefig(tmps[1], format="png", dpi=150, bbox_inches="tight", metadata={"Software": None})
         for tmp, final in zip(tmps, (out_pdf, out_png)):
             tmp.replace(final)
     finally:

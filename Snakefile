@@ -1,0 +1,40 @@
+# The pipeline of the paper: per-host build, autotune and benchmarks -> merged tables ->
+# figures, tables, numbers -> paper/paper.pdf. Usage and every config key: config/README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+# Nested --config values arrive as strings (e.g. --config paper='{enabled: false}'); they are
+# converted to the schema's types first, then the config is validated and completed with the
+# schema's defaults before any rule is defined.
+validate(coerce_config(config), "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+wildcard_constraints:
+    host=host_constraint(),
+
+
+include: "workflow/rules/hostinfo.smk"
+include: "workflow/rules/build.smk"
+include: "workflow/rules/autotune.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/merge.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/paper.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),
+    localrule: True

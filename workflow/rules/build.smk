@@ -1,0 +1,26 @@
+# The ops compiled for this host (-march=native / -mcpu=native unless build.generic) into
+# results/hosts/{host}/build/ with a manifest; every benchmark of the host uses this build.
+# The C++ sources are inputs (an edit rebuilds, and re-runs the benchmarks); they are compiled
+# from the working tree (PAIRED_REPLACEMENT_SOURCE_ROOT), the same files as the inputs.
+
+
+rule build:
+    input:
+        binding="csrc/binding/weight_cache_torch.cpp",
+        core="csrc/paired_replacement/weight_cache.hpp",
+    output:
+        manifest="results/hosts/{host}/build/manifest.json",
+    log:
+        "logs/{host}/build.log",
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        slurm_extra=host_slurm_extra,
+    params:
+        out_dir=lambda wildcards, output: Path(output.manifest).parent,
+        source_root=lambda wildcards, input: Path(input.binding).parent.parent.parent,
+        flags=build_args(),
+    shell:
+        "PAIRED_REPLACEMENT_HOST={wildcards.host} "
+        "PAIRED_REPLACEMENT_SOURCE_ROOT={params.source_root} "
+        "paired-replacement-build --out {params.out_dir} {params.flags} > {log} 2>&1"

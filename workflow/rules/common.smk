@@ -1,0 +1,405 @@
+"""Helpers of the workflow: the only Python functions (the other .smk files hold rules only).
+
+- host ids and host folders: which hosts this run measures, which folders merge reads;
+- argument builders: config/config.yaml's keys -> the benchmark and analysis command lines;
+- targets: what `rule all` and the paper need.
+
+Nothing here reads `config` at include time: the Snakefile validates the config (and fills in
+the schema's defaults) only after this file is included, and every function runs later.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+from paired_replacement.bench.hostinfo import host_id
+
+HOSTS_DIR = "results/hosts"
+MERGED_DIR = "results/merged"
+FIGURES = [
+    "micro_speedup",
+    "micro_efficiency",
+    "e2e_speedup",
+    "perf_counters",
+    "autotune_landscape",
+    "cross_host",
+]
+TABLES = ["micro_summary", "e2e_summary", "hosts"]
+MERGED_TABLES = ["micro", "e2e", "perf", "autotune", "hosts"]
+# The files of a host folder that merge reads (anything else there is not read).
+HOST_RESULT_FILES = [
+    "hostinfo.json",
+    "micro.csv",
+    "e2e.csv",
+    "sweep.csv",
+    "perf.csv",
+    "autotune.csv",
+]
+# A host id as hostinfo.host_id() writes it.
+HOST_ID_PATTERN = r"[A-Za-z0-9_.-]+"
+SCHEMA_PATH = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+PAPER_DIR = Path("paper")
+ANALYSIS_DIR = "src/paired_replacement/analysis"
+
+
+# --------------------------------------------------------------------------------------------
+# Config types
+# --------------------------------------------------------------------------------------------
+def coerce_config(cfg):
+    """Converts string values to the schema's boolean/integer/number types, in place.
+
+    Snakemake parses nested --config values with YAML's BaseLoader, so
+    `--config paper='{enabled: false}'` gives the string "false" and `micro='{k: [0, 64]}'`
+    gives ["0", "64"]. Strings that do not convert are left for the validation to refuse.
+    """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return _coerce(cfg, schema)
+
+
+def _coerce(value, schema):
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key in list(value):
+            sub = properties.get(key, extra)
+            value[key] = _coerce(value[key], sub)
+        return value
+    if isinstance(value, list):
+        return [_coerce(item, schema.get("items")) for item in value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    kind = schema.get("type")
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    converters = {"integer": int, "number": float}
+    if kind in converters:
+        try:
+            return converters[kind](text)
+        except ValueError:
+            return value
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Hosts
+# --------------------------------------------------------------------------------------------
+def target_hosts():
+    """Hosts this run measures: the keys of `hosts` (a cluster), else this machine's id
+    (PAIRED_REPLACEMENT_HOST or the short hostname, as the benchmarks write it)."""
+    return list(config["hosts"]) or [host_id()]
+
+
+def host_settings(host):
+    """The `hosts` entry of a host ({} for this machine when `hosts` is empty)."""
+    return config["hosts"].get(host, {})
+
+
+def host_constraint():
+    """Regex of the {host} wildcard.
+
+    In the main process only the target hosts match, so a folder copied in from another machine
+    (results/hosts/<other>/) matches no rule: its files are inputs of merge, never rebuilt
+    here. A job process (e.g. on a cluster node, whose hostname differs) is handed its
+    output explicitly, so any host id is accepted there.
+    """
+    if not workflow.is_main_process:
+        return HOST_ID_PATTERN
+    return "|".join(re.escape(host) for host in target_hosts())
+
+
+def host_folders():
+    """Every host folder merge reads: the target hosts plus the folders found under
+    results/hosts/ (copied from other machines). Names starting with '.' are skipped, as merge
+    skips them."""
+    found = set()
+    if Path(HOSTS_DIR).is_dir():
+        found = {
+            entry.name
+            for entry in Path(HOSTS_DIR).iterdir()
+            if entry.is_dir() and not entry.name.startswith(".")
+        }
+    return sorted(found | set(target_hosts()))
+
+
+def copied_hosts():
+    """Host folders present under results/hosts/ that this run does not measure."""
+    return [host for host in host_folders() if host not in target_hosts()]
+
+
+def host_outputs(host):
+    """Named result files the workflow makes for a target host."""
+    outputs = {
+        "hostinfo": f"{HOSTS_DIR}/{host}/hostinfo.json",
+        "micro": f"{HOSTS_DIR}/{host}/micro.csv",
+        "e2e": f"{HOSTS_DIR}/{host}/e2e.csv",
+        "sweep": f"{HOSTS_DIR}/{host}/sweep.csv",
+        "perf": f"{HOSTS_DIR}/{host}/perf.csv",
+    }
+    if config["autotune"]["enabled"]:
+        outputs["autotune"] = f"{HOSTS_DIR}/{host}/autotune.csv"
+    return outputs
+
+
+def merge_inputs(wildcards):
+    """Inputs of merge: every target host's results (made by this run) and the result files
+    already present in copied-in host folders (read as they are)."""
+    inputs = {}
+    for host in target_hosts():
+        for name, path in host_outputs(host).items():
+            inputs.setdefault(name, []).append(path)
+    inputs["copied"] = [
+        str(Path(HOSTS_DIR, host, name))
+        for host in copied_hosts()
+        for name in HOST_RESULT_FILES
+        if Path(HOSTS_DIR, host, name).is_file()
+    ]
+    return inputs
+
+
+def merged_tables():
+    """Named merged CSVs (the inputs of every figure, table and the numbers)."""
+    return {name: f"{MERGED_DIR}/{name}.csv" for name in MERGED_TABLES}
+
+
+def require_merged_tables():
+    """redraw_only: the merged tables must already be there (no rule makes them)."""
+    missing = [path for path in merged_tables().values() if not Path(path).is_file()]
+    if missing:
+        raise WorkflowError(
+            "redraw_only is true, so the figures are drawn from results/merged/ as it is, "
+            f"but {', '.join(missing)} is missing: run the workflow once without "
+            "redraw_only (or copy results/merged/ in) first."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Threads and cluster placement
+# --------------------------------------------------------------------------------------------
+def bench_threads(wildcards):
+    """Cores a benchmark job claims.
+
+    The host's `threads` on a cluster; locally every core given to Snakemake (--cores), so that
+    no other job runs beside a benchmark whatever `threads` says; on a cluster host without an
+    entry, this machine's core count.
+    """
+    configured = host_settings(wildcards.host).get("threads", 0)
+    if configured:
+        return configured
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # remote executors run without --cores
+        cores = None
+    if cores is None or cores >= sys.maxsize:
+        return os.cpu_count() or 1
+    return cores
+
+
+def torch_threads(wildcards, threads):
+    """--threads of the benchmarks: the host's `threads`, else the top-level `threads`, else
+    all cores of the job."""
+    return host_settings(wildcards.host).get("threads") or config["threads"] or threads
+
+
+def _slurm_flags(host, exclusive):
+    settings = host_settings(host)
+    flags = ["--exclusive"] if exclusive else []
+    if settings.get("slurm_constraint"):
+        flags.append(f"--constraint={settings['slurm_constraint']}")
+    if settings.get("slurm_nodelist"):
+        flags.append(f"--nodelist={settings['slurm_nodelist']}")
+    flags += shlex.split(settings.get("slurm_extra", ""))
+    return shlex.join(flags)
+
+
+def host_slurm_extra(wildcards):
+    """sbatch flags placing a host's job on that host's nodes (constraint, nodelist, extra)."""
+    return _slurm_flags(wildcards.host, exclusive=False)
+
+
+def bench_slurm_extra(wildcards):
+    """The same plus --exclusive: a benchmark has its node to itself."""
+    return _slurm_flags(wildcards.host, exclusive=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument builders (config -> command-line arguments)
+# --------------------------------------------------------------------------------------------
+def cli(*parts):
+    """Shell-quoted command-line words; a list part becomes several words."""
+    words = []
+    for part in parts:
+        words += (
+            [str(p) for p in part] if isinstance(part, (list, tuple)) else [str(part)]
+        )
+    return shlex.join(words)
+
+
+def on_off(flag):
+    return "on" if flag else "off"
+
+
+def timing_args():
+    """pyperf settings of every timed benchmark (`timing`)."""
+    timing = config["timing"]
+    if timing["fast"]:
+        return cli("--fast", "--seed", timing["seed"])
+    return cli(
+        ["--processes", timing["processes"], "--values", timing["values"]],
+        ["--warmups", timing["warmups"], "--min-time", timing["min_time"]],
+        ["--seed", timing["seed"]],
+    )
+
+
+def tuning_arg(wildcards, input):
+    """The host's autotune JSON, or --skip-autotune-json when `autotune.enabled` is false."""
+    if config["autotune"]["enabled"]:
+        return cli("--autotune-json", input.autotune)
+    return "--skip-autotune-json"
+
+
+def bench_inputs(wildcards):
+    """Inputs of a benchmark: the host's build, and its autotune JSON unless disabled."""
+    inputs = {"build": f"{HOSTS_DIR}/{wildcards.host}/build/manifest.json"}
+    if config["autotune"]["enabled"]:
+        inputs["autotune"] = f"{HOSTS_DIR}/{wildcards.host}/autotune.json"
+    return inputs
+
+
+def build_args():
+    return "--generic" if config["build"]["generic"] else ""
+
+
+def autotune_args():
+    c = config["autotune"]
+    return cli(
+        ["--rows", c["rows"], "--m", c["m"], "--hidden", c["hidden"]],
+        ["--gate", on_off(c["gate"]), "--dtype", c["dtype"], "--steps", c["steps"]],
+        ["--k-list", *c["k_list"], "--grains", *c["grains"]],
+        ["--par-thresholds", *c["par_thresholds"], "--taus", *c["taus"]],
+    )
+
+
+def micro_args():
+    c = config["micro"]
+    return cli(
+        [
+            "--rows",
+            *c["rows"],
+            "--m",
+            *c["m"],
+            "--k",
+            *c["k"],
+            "--hidden",
+            *c["hidden"],
+        ],
+        ["--gate", *map(on_off, c["gate"]), "--dtype", *c["dtype"]],
+        ["--pattern", *c["pattern"], "--beta", c["beta"], "--steps", c["steps"]],
+        ["--methods", *c["methods"]],
+    )
+
+
+def _ffn_args(c):
+    return [
+        ["--gate", on_off(c["gate"]), "--dtype", c["dtype"], "--rho", c["rho"]],
+        ["--beta", c["beta"], "--steps", c["steps"], "--methods", *c["methods"]],
+    ]
+
+
+def e2e_args():
+    c = config["e2e"]
+    return cli(
+        ["--rows", c["rows"], "--m", c["m"], "--batch", c["batch"]],
+        ["--hidden", c["hidden"]],
+        *_ffn_args(c),
+    )
+
+
+def sweep_args():
+    c = config["sweep"]
+    return cli(
+        ["--rows", c["rows"], "--m-list", *c["m_list"]],
+        ["--batch-list", *c["batch_list"], "--hidden-list", *c["hidden_list"]],
+        *_ffn_args(c),
+    )
+
+
+def perf_args():
+    c = config["perf"]
+    return cli(
+        ["--rows", c["rows"], "--active", c["active"], "--k", *c["k"]],
+        ["--hidden", c["hidden"], "--gate", on_off(c["gate"])],
+        ["--updates", c["updates"], "--source", c["source"]],
+        ["--seed", config["timing"]["seed"]],
+    )
+
+
+def merge_args():
+    return "--skip-invalid" if config["merge"]["skip_invalid"] else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------
+def analysis_outputs():
+    """Every figure (PDF + PNG), table and the numbers file: what the paper includes."""
+    return (
+        expand("paper/figures/{name}.{ext}", name=FIGURES, ext=["pdf", "png"])
+        + expand("paper/tables/{name}.tex", name=TABLES)
+        + ["paper/generated/numbers.tex"]
+    )
+
+
+def analysis_code():
+    """The analysis package's modules: inputs of merge, figures, tables and numbers, so that
+    a change of the analysis code redraws (cheap), unlike a change of the benchmark code.
+    """
+    return sorted(str(path) for path in Path(ANALYSIS_DIR).glob("*.py"))
+
+
+def paper_sources():
+    """Hand-written files of paper/ besides paper.tex (other .tex, .bib, .sty, .cls, .bst)."""
+    suffixes = {".tex", ".bib", ".sty", ".cls", ".bst"}
+    if not PAPER_DIR.is_dir():
+        return []
+    return sorted(
+        str(path)
+        for path in PAPER_DIR.iterdir()
+        if path.is_file() and path.suffix in suffixes and path.name != "paper.tex"
+    )
+
+
+def paper_skip_reason():
+    """Why the default target leaves paper/paper.pdf out, or None when it builds it."""
+    if not config["paper"]["enabled"]:
+        return "config paper.enabled is false"
+    if shutil.which("latexmk") is None:
+        return (
+            "latexmk is not on PATH (install TeX Live with latexmk, or set "
+            "paper.enabled: false to silence this)"
+        )
+    if not Path(PAPER_DIR, "paper.tex").is_file():
+        return "paper/paper.tex does not exist"
+    return None
+
+
+def final_targets():
+    """Default target: figures, tables and numbers, plus the PDF when it can be built."""
+    targets = analysis_outputs()
+    reason = paper_skip_reason()
+    if reason is None:
+        targets.append("paper/paper.pdf")
+    elif workflow.is_main_process:
+        logger.warning(
+            f"Paper PDF skipped: {reason}. Figures, tables and numbers are built."
+        )
+    return targets
