@@ -11,6 +11,9 @@ import torch
 from ._extension import load_extension
 from .reference import UpdateStats
 
+# The dtypes the cache supports (the C++ binding checks the same three), by name.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
 MaskLike = torch.Tensor | np.ndarray
 

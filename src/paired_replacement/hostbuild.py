@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ._extension import MANIFEST_NAME
+from .bench.hostinfo import compiler_version, cpu_model
 
 LIBRARY_NAME = "paired_replacement_ops"
 # Sources are looked up next to the installed package first (editable install: the repository).
@@ -59,25 +60,6 @@ def source_hash(root: Path) -> str:
         digest.update(rel.encode())
         digest.update((root / rel).read_bytes())
     return digest.hexdigest()
-
-
-def compiler_version() -> str:
-    cxx = os.environ.get("CXX", "c++")
-    try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
-        return out.stdout.splitlines()[0].strip()
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return f"{cxx} (version unknown)"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = False,

@@ -25,20 +25,7 @@ import time
 import torch
 
 from . import WeightCache
-
-
-def _mask_chain(n: int, m: int, k: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=gen)[:m]] = True
-    chain = [mask]
-    for _ in range(steps):
-        on = chain[-1].nonzero().squeeze(1)
-        off = (~chain[-1]).nonzero().squeeze(1)
-        nxt = chain[-1].clone()
-        nxt[on[torch.randperm(on.numel(), generator=gen)[:k]]] = False
-        nxt[off[torch.randperm(off.numel(), generator=gen)[:k]]] = True
-        chain.append(nxt)
-    return chain
+from .bench import masks
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -55,7 +42,7 @@ def run(rows: int, active: int, hidden: int, ks: list[int], steps: int, rounds: 
     down = torch.randn(hidden, rows, generator=gen)
     results = []
     for k in ks:
-        chain = _mask_chain(rows, active, k, steps, gen)
+        chain = list(masks.uniform(rows, active, k, steps, seed + k))
         diffs = [((b & ~a).nonzero().squeeze(1), (a & ~b).nonzero().squeeze(1))
                  for a, b in zip(chain, chain[1:])]
         cache = WeightCache(chain[0], hidden, gate, up, down, hybrid_tau_frac=2.0)  # never rebuild

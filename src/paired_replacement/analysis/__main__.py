@@ -51,6 +51,13 @@ FIGURE_NAMES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counte
 TABLE_NAMES = ["micro_summary", "e2e_summary", "hosts"]
 
 
+def _add_io_args(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The options figure, table and numbers share: where merge wrote, what to write."""
+    parser.add_argument("--merged-dir", required=True, type=Path, help="output folder of merge")
+    parser.add_argument("--out", required=True, type=Path, help=out_help)
+    parser.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m paired_replacement.analysis",
@@ -65,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "PATH.png (matplotlib Agg, seaborn). Error bars: 95% CI.")
     fig.add_argument("name", metavar="NAME", choices=FIGURE_NAMES,
                      help="one of: " + ", ".join(FIGURE_NAMES))
-    fig.add_argument("--merged-dir", required=True, type=Path, help="output folder of merge")
-    fig.add_argument("--out", required=True, type=Path, help="PDF to write (PNG goes next to it)")
-    fig.add_argument("--quiet", action="store_true")
+    _add_io_args(fig, out_help="PDF to write (PNG goes next to it)")
     fig.set_defaults(func=_figure)
 
     tab = sub.add_parser("table", help="one LaTeX (booktabs) tabular",
@@ -75,18 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "tabular (\\usepackage{booktabs}).")
     tab.add_argument("name", metavar="NAME", choices=TABLE_NAMES,
                      help="one of: " + ", ".join(TABLE_NAMES))
-    tab.add_argument("--merged-dir", required=True, type=Path, help="output folder of merge")
-    tab.add_argument("--out", required=True, type=Path, help=".tex file to write")
-    tab.add_argument("--quiet", action="store_true")
+    _add_io_args(tab, out_help=".tex file to write")
     tab.set_defaults(func=_table)
 
     num = sub.add_parser("numbers", help="\\newcommand macros of the numbers the paper quotes",
                          description="Write one \\newcommand{\\Name}{value} per number the paper "
                                      "text quotes (see paired_replacement.analysis.numbers for "
                                      "the list); missing data gives \\textit{n/a}.")
-    num.add_argument("--merged-dir", required=True, type=Path, help="output folder of merge")
-    num.add_argument("--out", required=True, type=Path, help=".tex file to write")
-    num.add_argument("--quiet", action="store_true")
+    _add_io_args(num, out_help=".tex file to write")
     num.set_defaults(func=_numbers)
     return p
 

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import WeightCache
+from ..cache import DTYPES
 from . import common, timing
 from .timing import LazyTimer
 
 MODULE = "paired_replacement.bench.e2e"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Correctness-gate tolerance per dtype: rtol, and atol as this fraction of the reference's RMS.
 # The reference is float64 from the same (already rounded) weights and inputs; what remains is the
 # rounding of the dtype's matmuls/activations (a few eps over m and H terms) -- far below the error

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from .. import WeightCache
+from ..cache import DTYPES
 from ..reference import PairedCache
 from . import common, masks, timing
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CACHE_METHODS = ("paired", "paired_indices", "hybrid")
 FLOOR_METHODS = ("memcpy_floor", "memcpy_floor_nt")
 REBUILD_METHODS = ("index_select", "bool_mask")
