@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-CXX_SOURCES := $(wildcard csrc/binding/*.cpp csrc/paired_replacement/*.hpp)
+CXX_SOURCES := $(wildcard csrc/binding/*.cpp csrc/paired_replacement/*.hpp) src/paired_replacement/_buildflags.py
 
 .PHONY: run smoke test install clean
 

@@ -17,7 +17,8 @@ from paired_replacement import WeightCache, load_extension
 
 load_extension()
 
-N, H, G, U = 130, 6, 4, 5  # N crosses two 64-bit mask words
+N, H = 130, 6  # N crosses two 64-bit mask words
+G = U = H  # gate and up are [N, hidden_size]
 
 
 class Ctx:
@@ -121,6 +122,9 @@ BAD_MASKS = {
     "2d_col": (lambda: torch.ones(N, 1, dtype=torch.bool), ValueError, r"mask must be 1-D"),
     "0d": (lambda: torch.tensor(True), ValueError, r"mask must be 1-D"),
     "meta": (lambda: torch.ones(N, dtype=torch.bool, device="meta"), ValueError, r"mask must be on the CPU"),
+    "sparse": (lambda: torch.ones(N, dtype=torch.bool).to_sparse(), ValueError,
+               r"mask must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+    "float_empty": (lambda: torch.zeros(0), TypeError, r"mask must have dtype torch.bool"),
 }
 BAD_NUMPY_MASKS = {
     "np_int": (lambda: np.ones(N, dtype=np.int64), TypeError, r"mask must be a bool array"),
@@ -128,6 +132,7 @@ BAD_NUMPY_MASKS = {
     "np_float": (lambda: np.ones(N, dtype=np.float32), TypeError, r"mask must be a bool array"),
     "np_bool_short": (lambda: np.ones(N - 1, dtype=np.bool_), ValueError, r"mask must have N = 130"),
     "list": (lambda: [True] * N, TypeError, r"mask must be a torch.Tensor or numpy.ndarray"),
+    "np_float_empty": (lambda: np.zeros(0), TypeError, r"mask must be a bool array"),
 }
 
 
@@ -189,6 +194,22 @@ def _index_cases():
                                           ValueError, r"removed\[2\] .*duplicate"),
         "removed_oob_after_valid_added": (lambda c: ([I(c)], torch.tensor([A(c), N])), IndexError,
                                           r"removed\[1\] = 130"),
+        # ids that do not fit int64 keep their real value in the message (no wrap to negative)
+        "uint64_numpy_2_63": (lambda c: (np.array([2**63], dtype=np.uint64), []), IndexError,
+                              r"added\[0\] = 9223372036854775808 is out of range \[0, 130\)"),
+        "uint64_tensor_max": (lambda c: (torch.tensor([I(c), 2**64 - 1], dtype=torch.uint64), []),
+                              IndexError, r"added\[1\] = 18446744073709551615 is out of range"),
+        "python_int_beyond_64_bits": (lambda c: ([], [A(c), 2**70]), IndexError,
+                                      r"removed\[1\] = 1180591620717411303424 is out of range"),
+        # an empty float array is refused like a non-empty one, from NumPy and torch alike
+        "empty_float_numpy": (lambda c: (np.zeros(0, dtype=np.float32), []), TypeError,
+                              r"added must hold integer row ids, got dtype float32"),
+        "empty_float_tensor": (lambda c: ([], torch.zeros(0, dtype=torch.float64)), TypeError,
+                               r"removed must hold integer row ids, got dtype torch.float64"),
+        "sparse_int64_tensor": (lambda c: (torch.tensor([I(c)]).to_sparse(), []), ValueError,
+                                r"added must be a dense \(strided\) tensor"),
+        "sparse_int32_tensor": (lambda c: ([], torch.tensor([A(c)], dtype=torch.int32).to_sparse()),
+                                ValueError, r"removed must be a dense \(strided\) tensor"),
     }
 
 
@@ -215,6 +236,8 @@ SEED_INDEX_CASES = {
              ValueError, r"added must be on the CPU"),
     "out_of_range": (lambda c: (torch.tensor([int(c.inactive()[0]), N]), torch.zeros(0, dtype=torch.long)),
                      IndexError, r"added\[1\]"),
+    "sparse": (lambda c: (torch.zeros(0, dtype=torch.long), torch.tensor([int(c.active()[0])]).to_sparse()),
+               ValueError, r"removed must be a dense \(strided\) tensor"),
 }
 
 
@@ -276,7 +299,7 @@ GOOD_MASK = lambda: torch.rand(N) < 0.5  # noqa: E731
 
 # name -> (fn() -> (mask, hidden, gate, up, down), exception, regex)
 BAD_CONSTRUCTION = {
-    "gate_rows": (lambda: (GOOD_MASK(), H, _t(N + 1, G), _t(N, U), _t(H, N)), ValueError, r"gate_weight must have N = 130 rows"),
+    "gate_rows": (lambda: (GOOD_MASK(), H, _t(N + 1, G), _t(N, U), _t(H, N)), ValueError, r"gate_weight must have shape \[N, hidden_size\] = \[130, 6\].*got \[131, 6\]"),
     "gate_rows_fewer": (lambda: (GOOD_MASK(), H, _t(N - 1, G), _t(N, U), _t(H, N)), ValueError, r"gate_weight"),
     "down_cols": (lambda: (GOOD_MASK(), H, _t(N, G), _t(N, U), _t(H, N + 1)), ValueError, r"down_weight must have shape"),
     "down_transposed_shape": (lambda: (GOOD_MASK(), H, _t(N, G), _t(N, U), _t(N, H)), ValueError, r"down_weight"),
@@ -297,7 +320,34 @@ BAD_CONSTRUCTION = {
     "down_1d": (lambda: (GOOD_MASK(), H, _t(N, G), _t(N, U), _t(N)), ValueError, r"down_weight must be 2-D"),
     "up_3d": (lambda: (GOOD_MASK(), H, _t(N, G), _t(N, U, 1), _t(H, N)), ValueError, r"up_weight must be 2-D"),
     "no_rows": (lambda: (torch.zeros(0, dtype=torch.bool), H, None, _t(0, U), _t(H, 0)), ValueError, r"up_weight must have at least one row"),
-    "no_up_columns": (lambda: (GOOD_MASK(), H, None, _t(N, 0), _t(H, N)), ValueError, r"up_weight must have at least one column"),
+    "no_up_columns": (lambda: (GOOD_MASK(), H, None, _t(N, 0), _t(H, N)), ValueError, r"up_weight must have shape \[N, hidden_size\]"),
+    # gate and up have hidden_size columns (the FFN's input width)
+    "up_cols_not_hidden": (lambda: (GOOD_MASK(), H, _t(N, H), _t(N, H + 1), _t(H, N)), ValueError,
+                           r"up_weight must have shape \[N, hidden_size\] = \[130, 6\], got \[130, 7\]"),
+    "gate_cols_not_hidden": (lambda: (GOOD_MASK(), H, _t(N, H - 1), _t(N, H), _t(H, N)), ValueError,
+                             r"gate_weight must have shape \[N, hidden_size\] = \[130, 6\]"),
+    # "no gate" is has_gate=False or torch.empty(0); other empty shapes are mistakes
+    "gate_empty_0_by_7": (lambda: (GOOD_MASK(), H, _t(0, 7), _t(N, H), _t(H, N)), ValueError,
+                          r"gate_weight must have shape \[N, hidden_size\].*got \[0, 7\]"),
+    "gate_empty_n_plus_3_by_0": (lambda: (GOOD_MASK(), H, _t(N + 3, 0), _t(N, H), _t(H, N)), ValueError,
+                                 r"gate_weight must have shape.*got \[133, 0\]"),
+    "gate_empty_2d_0_by_0": (lambda: (GOOD_MASK(), H, _t(0, 0), _t(N, H), _t(H, N)), ValueError,
+                             r"gate_weight must have shape"),
+    "gate_empty_int64": (lambda: (GOOD_MASK(), H, torch.empty(0, dtype=torch.int64), _t(N, H), _t(H, N)),
+                         TypeError, r"gate_weight: an empty gate \(no gate\) must be a floating tensor"),
+    "gate_empty_bool": (lambda: (GOOD_MASK(), H, torch.empty(0, dtype=torch.bool), _t(N, H), _t(H, N)),
+                        TypeError, r"gate_weight: an empty gate"),
+    # sparse (non-strided) tensors are named, not "Cannot access data pointer"
+    "up_sparse": (lambda: (GOOD_MASK(), H, None, _t(N, H).to_sparse(), _t(H, N)), ValueError,
+                  r"up_weight must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+    "down_sparse": (lambda: (GOOD_MASK(), H, None, _t(N, H), _t(H, N).to_sparse()), ValueError,
+                    r"down_weight must be a dense \(strided\) tensor"),
+    "gate_sparse": (lambda: (GOOD_MASK(), H, _t(N, H).to_sparse(), _t(N, H), _t(H, N)), ValueError,
+                    r"gate_weight must be a dense \(strided\) tensor"),
+    "gate_sparse_csr": (lambda: (GOOD_MASK(), H, _t(N, H).to_sparse_csr(), _t(N, H), _t(H, N)), ValueError,  # noqa: E501
+                        r"gate_weight must be a dense \(strided\) tensor, got layout torch.sparse_csr"),
+    "mask_sparse": (lambda: (GOOD_MASK().to_sparse(), H, None, _t(N, H), _t(H, N)), ValueError,
+                    r"mask must be a dense \(strided\) tensor"),
     "up_meta": (lambda: (GOOD_MASK(), H, None, torch.empty(N, U, device="meta"), _t(H, N)), ValueError, r"up_weight must be on the CPU"),
     "down_meta": (lambda: (GOOD_MASK(), H, None, _t(N, U), torch.empty(H, N, device="meta")), ValueError, r"down_weight must be on the CPU"),
     "mask_short": (lambda: (torch.ones(N - 1, dtype=torch.bool), H, _t(N, G), _t(N, U), _t(H, N)), ValueError, r"mask must have N = 130"),
@@ -321,7 +371,7 @@ def test_bad_construction(case):
         WeightCache(*args)
     for a, b in zip(args, copies):  # inputs are never written
         if isinstance(a, torch.Tensor) and a.device.type == "cpu":
-            assert torch.equal(a, b)
+            assert torch.equal(a.to_dense(), b.to_dense())
 
 
 @pytest.mark.parametrize("case", list(BAD_CONSTRUCTION))

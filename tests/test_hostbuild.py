@@ -18,7 +18,7 @@ USE_BUILD = textwrap.dedent(
     import sys, torch, paired_replacement as pr
     lib = pr.load_extension()            # picks PAIRED_REPLACEMENT_BUILD_DIR
     assert str(lib).startswith(sys.argv[1]), lib
-    gate, up, down = torch.randn(70, 5), torch.randn(70, 6), torch.randn(9, 70)
+    gate, up, down = torch.randn(70, 9), torch.randn(70, 9), torch.randn(9, 70)
     mask = torch.rand(70) < 0.5
     cache = pr.WeightCache(mask, 9, gate, up, down)
     new = mask.clone(); new[:20] = ~new[:20]
@@ -29,6 +29,9 @@ USE_BUILD = textwrap.dedent(
     assert torch.equal(idx.sort().values, new.nonzero().squeeze(1))
     info = torch.ops.paired.build_info()
     assert "flags=-O3,-DNDEBUG,-march=native" in info or "-mcpu=native" in info, info
+    # compiled with torch's parallel backend, so the row copies really use torch's threads
+    backend = torch.__config__.parallel_info()
+    assert ("parallel=openmp" in info) == ("ATen parallel backend: OpenMP" in backend), info
     print("OK", lib)
     """
 )
@@ -56,6 +59,11 @@ def test_manifest_describes_the_build(host_build):
     assert manifest["torch_version"] == torch.__version__
     for key in ("compiler", "host", "cpu_model", "built_at", "python_version"):
         assert manifest[key]
+    # the parallel backend is torch's, and OpenMP is compiled *and* linked in
+    backend = torch.__config__.parallel_info().split("ATen parallel backend:")[1].splitlines()[0].strip()
+    assert manifest["parallel_backend"] == backend
+    if backend == "OpenMP":
+        assert "-fopenmp" in manifest["cxxflags"] and "-fopenmp" in manifest["ldflags"]
 
 
 def test_fresh_process_loads_the_host_build(host_build):

@@ -27,10 +27,11 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def make(n=100, hidden=12, g=5, u=7, dtype=torch.float32, seed=0, density=0.4, mask=None, **kw):
+def make(n=100, hidden=12, gate=True, dtype=torch.float32, seed=0, density=0.4, mask=None, **kw):
+    """A cache of an FFN with gate/up [n, hidden] and down [hidden, n], plus its expectations."""
     gen = torch.Generator().manual_seed(seed)
-    gate = torch.randn(n, g, generator=gen).to(dtype) if g else None
-    up = torch.randn(n, u, generator=gen).to(dtype)
+    gate = torch.randn(n, hidden, generator=gen).to(dtype) if gate else None
+    up = torch.randn(n, hidden, generator=gen).to(dtype)
     down = torch.randn(hidden, n, generator=gen).to(dtype)
     if mask is None:
         mask = torch.rand(n, generator=gen) < density
@@ -74,10 +75,10 @@ def padded_ld(cols, es):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hidden,g,u,dtype", [(12, 5, 7, torch.float32), (130, 70, 64, torch.float32),
-                                              (300, 0, 260, torch.float16), (9, 3, 3, torch.bfloat16)])
-def test_getters_are_views_of_the_packed_block(hidden, g, u, dtype):
-    cache, full, down = make(hidden=hidden, g=g, u=u, dtype=dtype)
+@pytest.mark.parametrize("hidden,gate,dtype", [(12, True, torch.float32), (130, True, torch.float32),
+                                               (300, False, torch.float16), (9, True, torch.bfloat16)])
+def test_getters_are_views_of_the_packed_block(hidden, gate, dtype):
+    cache, full, down = make(hidden=hidden, gate=gate, dtype=dtype)
     c1, d1 = cache.get_concat_weight(), cache.get_active_down_weight()
     es = c1.element_size()
     # pool calls in between do not move or copy the packed block
@@ -95,19 +96,20 @@ def test_getters_are_views_of_the_packed_block(hidden, g, u, dtype):
     assert d1.data_ptr() == d1.untyped_storage().data_ptr()
     assert c1.data_ptr() % 64 == 0 and d1.data_ptr() % 64 == 0
     # concat: row-major rows; down: the transpose of a row-major [m, ld] block
-    ldc, ldd = padded_ld(g + u, es), padded_ld(hidden, es)
+    concat_cols = full.shape[1]  # gate|up columns: 2 * hidden, or hidden without gate
+    ldc, ldd = padded_ld(concat_cols, es), padded_ld(hidden, es)
     assert c1.stride() == (ldc, 1)
     assert d1.stride() == (1, ldd)
     assert d1.t().stride() == (ldd, 1)
     # the storage holds the whole capacity-N block (no copy of the m live rows)
-    assert c1.untyped_storage().nbytes() >= ((full.shape[0] - 1) * ldc + g + u) * es
+    assert c1.untyped_storage().nbytes() >= ((full.shape[0] - 1) * ldc + concat_cols) * es
     # padding bytes of the packed rows (and of the pools) are zero, the live part is the data
     m = min(c1.shape[0], full.shape[0] - 1)  # the storage ends at the last row's last element
-    for view, cols, ld in ((c1, g + u, ldc), (d1.t(), hidden, ldd)):
+    for view, cols, ld in ((c1, concat_cols, ldc), (d1.t(), hidden, ldd)):
         padded = torch.as_strided(view, (m, ld), (ld, 1))
         assert torch.equal(padded[:, :cols], view[:m])
         assert bool((padded[:, cols:] == 0).all())
-    for pool, cols, ld in ((pool_c, g + u, ldc), (pool_d, hidden, ldd)):
+    for pool, cols, ld in ((pool_c, concat_cols, ldc), (pool_d, hidden, ldd)):
         padded = torch.as_strided(pool, (pool.shape[0] - 1, ld), (ld, 1))
         assert bool((padded[:, cols:] == 0).all())
     # pools equal the originals (gate|up rows, down transposed)
@@ -183,9 +185,10 @@ def test_copy_and_snapshot_do_not_change_after_updates():
 def test_views_outlive_the_cache(dtype):
     """del cache; gc.collect(); junk allocations of the same size: the views still hold the data."""
     rng = np.random.default_rng(3)
-    n, hidden, g, u = 256, 64, 32, 32
+    n, hidden = 256, 32
+    g = u = hidden
     for it in range(25):
-        cache, full, down = make(n=n, hidden=hidden, g=g, u=u, dtype=dtype, seed=it, density=0.6)
+        cache, full, down = make(n=n, hidden=hidden, dtype=dtype, seed=it, density=0.6)
         cache.update_active_weights(torch.from_numpy(rng.random(n) < 0.5))
         c, d = cache.get_concat_weight(), cache.get_active_down_weight()
         pc = cache.pool_concat_weight()
@@ -208,8 +211,9 @@ def test_views_outlive_the_cache(dtype):
 
 
 def test_all_off_initial_mask_then_update():
-    n, hidden, g, u = 70, 6, 4, 5
-    cache, full, down = make(n=n, hidden=hidden, g=g, u=u, mask=torch.zeros(n, dtype=torch.bool))
+    n, hidden = 70, 6
+    g = u = hidden
+    cache, full, down = make(n=n, hidden=hidden, mask=torch.zeros(n, dtype=torch.bool))
     assert cache.num_active == 0
     assert cache.get_concat_weight().shape == (0, g + u)
     assert cache.get_active_down_weight().shape == (hidden, 0)
@@ -219,7 +223,7 @@ def test_all_off_initial_mask_then_update():
     assert (s.added, s.removed, s.rows_written, s.m_before, s.m_after) == (0, 0, 0, 0, 0)
     cache.check_invariants()
     # a no-gate cache with an all-off mask
-    nogate, full_ng, down_ng = make(n=n, hidden=hidden, g=0, u=u, mask=torch.zeros(n, dtype=torch.bool),
+    nogate, full_ng, down_ng = make(n=n, hidden=hidden, gate=False, mask=torch.zeros(n, dtype=torch.bool),
                                     hybrid_tau_frac=1.0)
     assert nogate.get_concat_weight().shape == (0, u)
     # usable at once
@@ -323,6 +327,61 @@ def test_out_of_range_environment_value_names_the_variable(monkeypatch, name, va
         make()
 
 
+@pytest.mark.parametrize("text", ["16", " 16", "16 ", "\t16\n", "+16"])
+def test_environment_integer_is_read_the_same_with_or_without_surrounding_space(monkeypatch, text):
+    monkeypatch.setenv(ENV_GRAIN, text)
+    monkeypatch.setenv(ENV_TAU, text.replace("16", "0.25"))
+    cache, _, _ = make()
+    assert (cache.grain, cache.hybrid_tau_frac) == (16, 0.25)
+
+
+@pytest.mark.parametrize("name,value", [(ENV_GRAIN, "0x10"), (ENV_GRAIN, "1 6"), (ENV_TAU, "0x1p-2"),
+                                        (ENV_TAU, "1e400"), (ENV_TAU, "infinity"), (ENV_PAR, " ")])
+def test_environment_accepts_plain_decimal_numbers_only(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"environment variable {name} must be"):
+        make()
+
+
+@pytest.mark.parametrize("name", [ENV_GRAIN, ENV_PAR, ENV_TAU])
+def test_explicit_setting_wins_over_a_malformed_variable(monkeypatch, name):
+    """The keyword is taken as given and its variable is never read; the others still are."""
+    monkeypatch.setenv(name, "not a number")
+    keyword = FIELD[name]
+    value = {"grain": 8, "par_threshold": 3, "hybrid_tau_frac": 0.75}[keyword]
+    cache, full, down = make(**{keyword: value})
+    assert getattr(cache, keyword) == value
+    cache.update_active_weights(torch.rand(100) < 0.5)
+    assert_content(cache, full, down)
+    # the seed API takes the same keywords
+    n, hidden = 5, 3
+    seed = torch.classes.paired.WeightCache(torch.ones(n, dtype=torch.bool), hidden, torch.randn(n, hidden),
+                                            torch.randn(n, hidden), torch.randn(hidden, n), **{keyword: value})
+    assert getattr(seed, keyword)() == value
+    with pytest.raises(ValueError, match=name):  # without the keyword the variable is read
+        make()
+    other = next(v for v in (ENV_GRAIN, ENV_PAR, ENV_TAU) if v != name)
+    monkeypatch.setenv(other, "junk")  # a malformed variable of another setting still counts
+    with pytest.raises(ValueError, match=other):
+        make(**{keyword: value})
+
+
+def test_write_into_a_view_is_reported_by_check_invariants():
+    """The views are read-only by contract; a write stays in the block and the self-check names it."""
+    cache, full, down = make(n=80, density=0.5)
+    cache.check_invariants()
+    view = cache.get_concat_weight()
+    original = view[3, 0].item()
+    view[3, 0] = original + 1.0
+    with pytest.raises(RuntimeError, match="I4 .*packed slot 3"):
+        cache.check_invariants()
+    view[3, 0] = original
+    cache.check_invariants()
+    cache.get_active_down_weight()[5, 7] = 42.0  # column 7 of [hidden, m] is packed slot 7
+    with pytest.raises(RuntimeError, match="packed slot 7"):
+        cache.check_invariants()
+
+
 def test_environment_problem_does_not_affect_existing_cache(monkeypatch):
     cache, full, down = make(grain=3)
     monkeypatch.setenv(ENV_GRAIN, "abc")
@@ -351,7 +410,7 @@ def test_tau_zero_rebuilds_then_paired_updates_stay_consistent():
     n = 130
     mask0 = torch.from_numpy(rng.random(n) < 0.5)
     cache, full, down = make(n=n, mask=mask0, hybrid_tau_frac=0.0, par_threshold=1, grain=2)
-    ref = PairedCache(mask0.numpy().copy(), 12, full[:, :5].numpy(), full[:, 5:].numpy(),
+    ref = PairedCache(mask0.numpy().copy(), 12, full[:, :12].numpy(), full[:, 12:].numpy(),
                       down.numpy(), hybrid_tau_frac=0.0)
     paths = []
     for step in range(60):

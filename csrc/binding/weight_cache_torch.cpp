@@ -7,7 +7,9 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -17,6 +19,29 @@ namespace {
 
 namespace core = paired_replacement;
 
+// Dense (strided, non-nested) tensors only: a sparse or otherwise non-strided tensor would fail
+// later with a message that names no argument ("Cannot access data pointer ...").
+const char* python_layout_name(at::Layout layout) {
+  switch (layout) {
+    case at::kStrided: return "torch.strided";
+    case at::kSparse: return "torch.sparse_coo";
+    case at::kSparseCsr: return "torch.sparse_csr";
+    case at::kSparseCsc: return "torch.sparse_csc";
+    case at::kSparseBsr: return "torch.sparse_bsr";
+    case at::kSparseBsc: return "torch.sparse_bsc";
+    case at::kMkldnn: return "torch._mkldnn";
+    case at::kJagged: return "torch.jagged";
+    default: return "(unknown)";
+  }
+}
+
+void check_strided(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), name, " is undefined");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided && !t.is_nested(), name,
+                    " must be a dense (strided) tensor, got layout ", python_layout_name(t.layout()),
+                    t.is_nested() ? " (nested)" : "");
+}
+
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name,
                     " must be on the CPU (the cache keeps its packed block in host memory), got ",
@@ -25,7 +50,7 @@ void check_cpu(const at::Tensor& t, const char* name) {
 
 // A bool mask of N entries on the CPU. Any stride is fine (read in place, never copied).
 void check_mask(const at::Tensor& mask, int64_t n, const char* name) {
-  TORCH_CHECK_VALUE(mask.defined(), name, " is undefined");
+  check_strided(mask, name);
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, name, " must have dtype torch.bool, got ",
                    mask.scalar_type(), " (a numeric mask is not reinterpreted; pass mask != 0)");
   check_cpu(mask, name);
@@ -36,6 +61,7 @@ void check_mask(const at::Tensor& mask, int64_t n, const char* name) {
 }
 
 void check_weight(const at::Tensor& w, const char* name, at::ScalarType dtype) {
+  check_strided(w, name);
   TORCH_CHECK_VALUE(w.dim() == 2, name, " must be 2-D, got shape ", w.sizes());
   TORCH_CHECK_TYPE(w.scalar_type() == dtype, name, " must have dtype ", dtype,
                    " like up_weight, got ", w.scalar_type());
@@ -44,11 +70,16 @@ void check_weight(const at::Tensor& w, const char* name, at::ScalarType dtype) {
 }
 
 void check_index_list(const at::Tensor& t, const char* name) {
+  check_strided(t, name);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must have dtype torch.int64, got ",
                    t.scalar_type());
   check_cpu(t, name);
   TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
 // Runs the core's parallel row copies on ATen's intra-op pool (torch.set_num_threads applies).
@@ -71,6 +102,45 @@ decltype(auto) translate_errors(F&& f) {
   }
 }
 
+// One cache must not be used by two threads at once, and Python threads can reach it at once:
+// the dispatcher releases the GIL around every method. A guard marks the cache in use for the
+// duration of one call: updates and settings changes take it exclusively, observers share it.
+// A call that would overlap a conflicting one raises RuntimeError at once, before touching
+// anything, rather than corrupting the cache (or blocking, which could deadlock a caller that
+// holds the GIL).
+class UseGuard {
+ public:
+  enum Mode { kRead, kWrite };
+  static constexpr int64_t kWriter = -1;  // users_ while an update runs; > 0: that many readers
+
+  UseGuard(std::atomic<int64_t>& users, Mode mode, const char* method) : users_(users) {
+    int64_t seen = 0;
+    if (mode == kWrite) {
+      if (!users_.compare_exchange_strong(seen, kWriter, std::memory_order_acquire))
+        refuse(method, seen);
+      delta_ = kWriter;
+      return;
+    }
+    seen = users_.load(std::memory_order_relaxed);
+    do {
+      if (seen < 0) refuse(method, seen);
+    } while (!users_.compare_exchange_weak(seen, seen + 1, std::memory_order_acquire));
+    delta_ = 1;
+  }
+  ~UseGuard() { users_.fetch_sub(delta_, std::memory_order_release); }
+  UseGuard(const UseGuard&) = delete;
+  UseGuard& operator=(const UseGuard&) = delete;
+
+ private:
+  [[noreturn]] static void refuse(const char* method, int64_t seen) {
+    TORCH_CHECK(false, "WeightCache.", method, ": the cache is being ",
+                seen < 0 ? "updated" : "read", " by another thread. A WeightCache is not "
+                "thread-safe: use one per thread, or hold a lock around every call to it.");
+  }
+  std::atomic<int64_t>& users_;
+  int64_t delta_ = 0;
+};
+
 // A tensor viewing `bytes` of the core's shared buffer; the view's storage holds a reference to the
 // buffer, so it stays valid after the cache is gone.
 at::Tensor view_of(const std::shared_ptr<std::byte>& owner, int64_t rows, int64_t cols,
@@ -83,11 +153,15 @@ at::Tensor view_of(const std::shared_ptr<std::byte>& owner, int64_t rows, int64_
 
 class WeightCache : public torch::CustomClassHolder {
  public:
-  // Seed-compatible: mask [N] bool, down [hidden, N]; an empty gate (or has_gate=false) means none.
+  // Seed-compatible: mask [N] bool, gate and up [N, hidden_size], down [hidden_size, N]. No gate:
+  // has_gate=false (gate_weight is then ignored) or an empty 1-D gate (torch.empty(0)). Settings
+  // given here win over the WEIGHT_CACHE_* environment variables, which are then not read.
   WeightCache(const at::Tensor& mask, int64_t hidden_size, const at::Tensor& gate_weight,
-              const at::Tensor& up_weight, const at::Tensor& down_weight, bool has_gate)
+              const at::Tensor& up_weight, const at::Tensor& down_weight, bool has_gate,
+              std::optional<int64_t> grain, std::optional<int64_t> par_threshold,
+              std::optional<double> hybrid_tau_frac)
       : cache_(make_core(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate,
-                         dtype_)) {
+                         core::SettingOverrides{grain, par_threshold, hybrid_tau_frac}, dtype_)) {
     const int64_t n = cache_.rows();
     concat_block_ = view_of(cache_.packed_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
     down_block_ = view_of(cache_.packed_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
@@ -96,12 +170,14 @@ class WeightCache : public torch::CustomClassHolder {
   }
 
   void update_active_weights(const at::Tensor& mask) {
+    UseGuard guard(users_, UseGuard::kWrite, "update_active_weights");
     check_mask(mask, cache_.rows(), "mask");
     cache_.update_from_mask(reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
                             mask.stride(0), AtenParallelFor{});
   }
 
   void update_from_indices(const at::Tensor& added, const at::Tensor& removed) {
+    UseGuard guard(users_, UseGuard::kWrite, "update_from_indices");
     check_index_list(added, "added");
     check_index_list(removed, "removed");
     translate_errors([&] {
@@ -112,15 +188,25 @@ class WeightCache : public torch::CustomClassHolder {
 
   // Each getter call cuts a fresh view (metadata only, no data moves), so an update creates no
   // tensor and a caller's in-place metadata change (t_(), resize_) cannot leak into the cache.
+  // The views are read-only by contract: the cache never reads the packed block back, so a write
+  // into a view stays there (check_invariants() reports it).
   // [m, G+U] view of the live packed block (gate columns first); aliases later updates.
-  at::Tensor get_concat_weight() const { return concat_block_.narrow(0, 0, cache_.num_active()); }
+  at::Tensor get_concat_weight() const {
+    UseGuard guard(users_, UseGuard::kRead, "get_concat_weight");
+    return concat_block_.narrow(0, 0, cache_.num_active());
+  }
   // [hidden, m] transposed view of the live packed down^T block; aliases later updates.
   at::Tensor get_active_down_weight() const {
+    UseGuard guard(users_, UseGuard::kRead, "get_active_down_weight");
     return down_block_.narrow(0, 0, cache_.num_active()).t();
   }
-  int64_t get_num_active() const { return cache_.num_active(); }
+  int64_t get_num_active() const {
+    UseGuard guard(users_, UseGuard::kRead, "get_num_active");
+    return cache_.num_active();
+  }
 
   at::Tensor active_indices() const {
+    UseGuard guard(users_, UseGuard::kRead, "active_indices");
     const int64_t m = cache_.num_active();
     auto out = at::empty({m}, at::kLong);
     auto* o = out.data_ptr<int64_t>();
@@ -130,6 +216,7 @@ class WeightCache : public torch::CustomClassHolder {
   }
 
   at::Tensor position_map() const {
+    UseGuard guard(users_, UseGuard::kRead, "position_map");
     auto out = at::empty({cache_.rows()}, at::kLong);
     auto* o = out.data_ptr<int64_t>();
     for (int64_t r = 0; r < cache_.rows(); ++r) o[r] = cache_.slot_of(r);
@@ -137,6 +224,7 @@ class WeightCache : public torch::CustomClassHolder {
   }
 
   at::Tensor mask() const {
+    UseGuard guard(users_, UseGuard::kRead, "mask");
     auto out = at::empty({cache_.rows()}, at::kBool);
     auto* o = out.data_ptr<bool>();
     for (int64_t r = 0; r < cache_.rows(); ++r) o[r] = cache_.is_active(r);
@@ -145,26 +233,40 @@ class WeightCache : public torch::CustomClassHolder {
 
   // (added, removed, rows_written, path, m_before, m_after) of the last update.
   std::tuple<int64_t, int64_t, int64_t, std::string, int64_t, int64_t> last_update_stats() const {
+    UseGuard guard(users_, UseGuard::kRead, "last_update_stats");
     const auto& s = cache_.last_update_stats();
     return {s.added, s.removed, s.rows_written, core::to_string(s.path), s.m_before, s.m_after};
+  }
+
+  // (mask_words_scanned, copy_tasks) of the last update: work counts, see core::UpdateWork.
+  std::tuple<int64_t, int64_t> last_update_work() const {
+    UseGuard guard(users_, UseGuard::kRead, "last_update_work");
+    const auto& w = cache_.last_update_work();
+    return {w.mask_words_scanned, w.copy_tasks};
   }
 
   // Full pools [N, G+U] and [N, hidden] (down^T): what the cache gathers from. Read-only by contract.
   at::Tensor pool_concat_weight() const { return pool_concat_.alias(); }
   at::Tensor pool_down_weight_t() const { return pool_down_.alias(); }
 
-  int64_t grain() const { return cache_.settings().grain; }
-  int64_t par_threshold() const { return cache_.settings().par_threshold; }
-  double hybrid_tau_frac() const { return cache_.settings().hybrid_tau_frac; }
-  void set_grain(int64_t v) { set([&](core::Settings& s) { s.grain = v; }); }
-  void set_par_threshold(int64_t v) { set([&](core::Settings& s) { s.par_threshold = v; }); }
-  void set_hybrid_tau_frac(double v) { set([&](core::Settings& s) { s.hybrid_tau_frac = v; }); }
+  int64_t grain() const { return settings("grain").grain; }
+  int64_t par_threshold() const { return settings("par_threshold").par_threshold; }
+  double hybrid_tau_frac() const { return settings("hybrid_tau_frac").hybrid_tau_frac; }
+  void set_grain(int64_t v) { set("set_grain", [&](core::Settings& s) { s.grain = v; }); }
+  void set_par_threshold(int64_t v) {
+    set("set_par_threshold", [&](core::Settings& s) { s.par_threshold = v; });
+  }
+  void set_hybrid_tau_frac(double v) {
+    set("set_hybrid_tau_frac", [&](core::Settings& s) { s.hybrid_tau_frac = v; });
+  }
 
   void check_invariants() const {
+    UseGuard guard(users_, UseGuard::kRead, "check_invariants");
     try {
       cache_.check_invariants();
     } catch (const std::logic_error& e) {
-      TORCH_CHECK(false, e.what());
+      TORCH_CHECK(false, e.what(), " (a write into a view returned by get_concat_weight / "
+                  "get_active_down_weight / the pool getters leaves exactly this trace)");
     }
   }
 
@@ -172,25 +274,43 @@ class WeightCache : public torch::CustomClassHolder {
   static core::WeightCache make_core(const at::Tensor& mask, int64_t hidden_size,
                                      const at::Tensor& gate, const at::Tensor& up,
                                      const at::Tensor& down, bool has_gate,
+                                     const core::SettingOverrides& overrides,
                                      at::ScalarType& dtype) {
-    TORCH_CHECK_VALUE(up.defined() && down.defined(), "up_weight and down_weight must be defined");
-    TORCH_CHECK_VALUE(up.dim() == 2, "up_weight must be 2-D [N, up_cols], got shape ", up.sizes());
+    check_strided(up, "up_weight");
+    TORCH_CHECK_VALUE(up.dim() == 2, "up_weight must be 2-D [N, hidden_size], got shape ", up.sizes());
     dtype = up.scalar_type();
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+    TORCH_CHECK_TYPE(is_float_dtype(dtype),
                      "up_weight must be float32, float16 or bfloat16, got ", dtype);
     check_weight(up, "up_weight", dtype);
     const int64_t n = up.size(0);
     TORCH_CHECK_VALUE(n >= 1, "up_weight must have at least one row (N >= 1)");
     TORCH_CHECK_VALUE(hidden_size >= 1, "hidden_size must be >= 1, got ", hidden_size);
+    TORCH_CHECK_VALUE(up.size(1) == hidden_size, "up_weight must have shape [N, hidden_size] = [",
+                      n, ", ", hidden_size, "], got ", up.sizes());
     check_weight(down, "down_weight", dtype);
     TORCH_CHECK_VALUE(down.size(0) == hidden_size && down.size(1) == n,
                       "down_weight must have shape [hidden_size, N] = [", hidden_size, ", ", n,
                       "], got ", down.sizes());
-    const bool use_gate = has_gate && gate.defined() && gate.numel() > 0;
-    if (use_gate) {
-      check_weight(gate, "gate_weight", dtype);
-      TORCH_CHECK_VALUE(gate.size(0) == n, "gate_weight must have N = ", n,
-                        " rows like up_weight, got shape ", gate.sizes());
+    // No gate: has_gate=false (the seed's switch; gate_weight is then not looked at), or the
+    // seed's placeholder, an empty 1-D floating tensor. Any other empty shape is a mistake.
+    bool use_gate = false;
+    if (has_gate) {
+      check_strided(gate, "gate_weight");
+      const bool placeholder = gate.dim() == 1 && gate.size(0) == 0;
+      if (placeholder) {
+        TORCH_CHECK_TYPE(is_float_dtype(gate.scalar_type()),
+                         "gate_weight: an empty gate (no gate) must be a floating tensor like "
+                         "torch.empty(0), got dtype ", gate.scalar_type());
+      } else {
+        TORCH_CHECK_VALUE(gate.dim() == 2, "gate_weight must be 2-D [N, hidden_size], or "
+                          "torch.empty(0) for no gate, got shape ", gate.sizes());
+        check_weight(gate, "gate_weight", dtype);
+        TORCH_CHECK_VALUE(gate.size(0) == n && gate.size(1) == hidden_size,
+                          "gate_weight must have shape [N, hidden_size] = [", n, ", ",
+                          hidden_size, "] like up_weight (or be torch.empty(0) for no gate), "
+                          "got ", gate.sizes());
+        use_gate = true;
+      }
     }
     check_mask(mask, n, "mask");
     core::Shape shape;
@@ -200,15 +320,22 @@ class WeightCache : public torch::CustomClassHolder {
     shape.hidden = hidden_size;
     shape.elem_size = c10::elementSize(dtype);
     return translate_errors([&] {
+      const core::Settings settings = core::Settings::from_environment(overrides);
       return core::WeightCache(shape, use_gate ? gate.data_ptr() : nullptr, up.data_ptr(),
                                down.data_ptr(),
                                reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
-                               mask.stride(0), core::Settings::from_environment());
+                               mask.stride(0), settings);
     });
   }
 
+  core::Settings settings(const char* method) const {
+    UseGuard guard(users_, UseGuard::kRead, method);
+    return cache_.settings();
+  }
+
   template <class F>
-  void set(F&& change) {
+  void set(const char* method, F&& change) {
+    UseGuard guard(users_, UseGuard::kWrite, method);
     core::Settings s = cache_.settings();
     change(s);
     translate_errors([&] { cache_.set_settings(s); });
@@ -217,6 +344,7 @@ class WeightCache : public torch::CustomClassHolder {
   at::ScalarType dtype_ = at::kFloat;  // set by make_core before cache_ is built
   core::WeightCache cache_;
   at::Tensor concat_block_, down_block_, pool_concat_, pool_down_;  // full-capacity views
+  mutable std::atomic<int64_t> users_{0};  // see UseGuard
 };
 
 // Copies src[src_rows[i]] -> dst[dst_rows[i]], one row at a time: the physical floor of an O(k)
@@ -226,6 +354,8 @@ void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src
                const at::Tensor& src_rows, bool streaming, bool parallel) {
   check_index_list(dst_rows, "dst_rows");
   check_index_list(src_rows, "src_rows");
+  check_strided(dst, "dst");
+  check_strided(src, "src");
   check_cpu(dst, "dst");
   check_cpu(src, "src");
   TORCH_CHECK_VALUE(dst.dim() == 2 && src.dim() == 2 && dst.size(1) == src.size(1),
@@ -258,6 +388,21 @@ void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src
 #define PAIRED_REPLACEMENT_STR2(...) #__VA_ARGS__
 #define PAIRED_REPLACEMENT_STR(...) PAIRED_REPLACEMENT_STR2(__VA_ARGS__)
 
+// How at::parallel_for runs inside this library. ATen's OpenMP backend inlines the parallel
+// region into the caller, so a library compiled without -fopenmp silently runs every copy on the
+// calling thread while torch itself uses all its threads.
+std::string parallel_backend() {
+#if AT_PARALLEL_OPENMP && defined(_OPENMP)
+  return "openmp";
+#elif AT_PARALLEL_OPENMP
+  return "serial (torch uses OpenMP but this library was compiled without -fopenmp)";
+#elif AT_PARALLEL_NATIVE
+  return "native";
+#else
+  return "unknown";
+#endif
+}
+
 // What this library was compiled with, as "key=value" lines (flags comma-separated): results
 // record it.
 std::string build_info() {
@@ -285,7 +430,7 @@ std::string build_info() {
 #else
          "unrecorded"
 #endif
-         + "\nsimd=" + simd + "\n";
+         + "\nsimd=" + simd + "\nparallel=" + parallel_backend() + "\n";
 }
 
 }  // namespace
@@ -293,10 +438,15 @@ std::string build_info() {
 TORCH_LIBRARY(paired, m) {
   m.class_<WeightCache>("WeightCache")
       .def(torch::init<const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
-                       const at::Tensor&, bool>(),
-           "WeightCache(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate=True)",
+                       const at::Tensor&, bool, std::optional<int64_t>, std::optional<int64_t>,
+                       std::optional<double>>(),
+           "WeightCache(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate=True, "
+           "grain=None, par_threshold=None, hybrid_tau_frac=None)",
            {torch::arg("mask"), torch::arg("hidden_size"), torch::arg("gate_weight"),
-            torch::arg("up_weight"), torch::arg("down_weight"), torch::arg("has_gate") = true})
+            torch::arg("up_weight"), torch::arg("down_weight"), torch::arg("has_gate") = true,
+            torch::arg("grain") = torch::arg::none(),
+            torch::arg("par_threshold") = torch::arg::none(),
+            torch::arg("hybrid_tau_frac") = torch::arg::none()})
       .def("update_active_weights", &WeightCache::update_active_weights)
       .def("update_from_indices", &WeightCache::update_from_indices)
       .def("get_concat_weight", &WeightCache::get_concat_weight)
@@ -306,6 +456,7 @@ TORCH_LIBRARY(paired, m) {
       .def("position_map", &WeightCache::position_map)
       .def("mask", &WeightCache::mask)
       .def("last_update_stats", &WeightCache::last_update_stats)
+      .def("last_update_work", &WeightCache::last_update_work)
       .def("pool_concat_weight", &WeightCache::pool_concat_weight)
       .def("pool_down_weight_t", &WeightCache::pool_down_weight_t)
       .def("grain", &WeightCache::grain)

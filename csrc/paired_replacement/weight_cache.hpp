@@ -30,7 +30,15 @@
 //   I6  no public member function allocates after construction except the ones documented to;
 //       the update paths use only scratch arrays sized N at construction.
 //   I7  a call that throws leaves the cache exactly as it was (strong guarantee): all validation
-//       happens before the first write.
+//       happens before the first write, and nothing after it can throw (the update paths are
+//       noexcept; an executor that throws is recovered from by copying serially).
+//   I4 is also what catches a caller who wrote into a packed view: the cache never reads the
+//   packed block, so such a write persists until the slot is rewritten, and check_invariants()
+//   reports the slot.
+//
+// W is the write count of the paired path. When an update would write more than tau * m' rows
+// (the hybrid rule, tau = hybrid_tau_frac), the cache instead rebuilds the whole prefix: it writes
+// m' rows per buffer, in ascending row order.
 //
 // Slot assignment is deterministic (the NumPy reference in src/paired_replacement/reference.py
 // follows the same rules, slot for slot): holes are taken in the order of the removed list
@@ -41,15 +49,18 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -62,12 +73,16 @@
 #define PAIRED_REPLACEMENT_X86 1
 #endif
 
+// Debug builds check the invariants inside the update paths, which are noexcept: a violation
+// prints where it happened and aborts, like assert().
 #ifdef PAIRED_REPLACEMENT_DEBUG
-#define PAIRED_REPLACEMENT_ASSERT(cond)                                                        \
-  do {                                                                                         \
-    if (!(cond))                                                                               \
-      throw std::logic_error(std::string("paired_replacement invariant violated: ") + #cond +  \
-                             " (" __FILE__ ":" + std::to_string(__LINE__) + ")");              \
+#define PAIRED_REPLACEMENT_ASSERT(cond)                                                          \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      std::fprintf(stderr, "paired_replacement invariant violated: %s (%s:%d)\n", #cond, __FILE__, \
+                   __LINE__);                                                                    \
+      std::abort();                                                                              \
+    }                                                                                            \
   } while (0)
 #else
 #define PAIRED_REPLACEMENT_ASSERT(cond) ((void)0)
@@ -114,6 +129,21 @@ struct UpdateStats {
   UpdatePath path = UpdatePath::kNoop;
 };
 
+// How much work the last update did besides the row copies (counted, not timed, so that tests can
+// assert complexity): 64-bit mask words read, and body calls of the ParallelFor that copied rows
+// (1 when the copy ran on the calling thread; with an OpenMP executor, the threads that took part).
+struct UpdateWork {
+  std::int64_t mask_words_scanned = 0;
+  std::int64_t copy_tasks = 0;
+};
+
+// Explicit per-cache values of the settings: an engaged field is taken as given and its
+// environment variable is not read at all (so a malformed variable cannot block it).
+struct SettingOverrides {
+  std::optional<std::int64_t> grain, par_threshold;
+  std::optional<double> hybrid_tau_frac;
+};
+
 // Per-cache knobs. Valid when grain >= 1, par_threshold >= 0, hybrid_tau_frac finite and >= 0.
 struct Settings {
   std::int64_t grain = kDefaultGrain;
@@ -132,13 +162,34 @@ struct Settings {
                                   std::to_string(hybrid_tau_frac));
   }
 
-  // Defaults overridden by WEIGHT_CACHE_GRAIN, WEIGHT_CACHE_PAR_THRESHOLD and
-  // WEIGHT_CACHE_HYBRID_TAU_FRAC. Throws std::invalid_argument naming a malformed variable.
-  static Settings from_environment();
+  // The overrides where given, else WEIGHT_CACHE_GRAIN, WEIGHT_CACHE_PAR_THRESHOLD and
+  // WEIGHT_CACHE_HYBRID_TAU_FRAC, else the defaults. A variable is parsed strictly after
+  // surrounding white space is trimmed: a decimal integer, or a decimal number for the tau
+  // (no hex, inf or nan). Throws std::invalid_argument naming a malformed or out-of-range
+  // variable; an override is only checked by validate().
+  static Settings from_environment(const SettingOverrides& overrides = {});
 };
 
+namespace detail {
+
+// Row stride in bytes for a row of `row_bytes` (see kPadMinRowBytes).
+constexpr std::size_t padded_row_bytes(std::size_t row_bytes) noexcept {
+  return row_bytes < kPadMinRowBytes ? row_bytes
+                                     : (row_bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
+}
+
+// a * b, or false when it does not fit in size_t.
+inline bool checked_mul(std::size_t a, std::size_t b, std::size_t& out) noexcept {
+  if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) return false;
+  out = a * b;
+  return true;
+}
+
+}  // namespace detail
+
 // Shape of the cached FFN. Valid when rows in [1, kMaxRows], up_cols >= 1, gate_cols >= 0,
-// hidden >= 1, elem_size in {1, 2, 4, 8}.
+// hidden >= 1, elem_size in {1, 2, 4, 8}, and the four buffers (pools and packed blocks of both
+// kinds) together have a byte size that fits in ptrdiff_t.
 struct Shape {
   std::int64_t rows = 0;       // N
   std::int64_t gate_cols = 0;  // G (0: no gate)
@@ -146,8 +197,18 @@ struct Shape {
   std::int64_t hidden = 0;     // H: columns of a down^T row
   std::size_t elem_size = 0;   // bytes per element; the cache never looks inside an element
 
+  // Row strides in bytes of the gate|up and down^T buffers. Precondition: validate() passed (or
+  // at least the column counts are in range, which keeps these products far below 2^64).
+  std::size_t concat_ld_bytes() const noexcept {
+    return detail::padded_row_bytes(static_cast<std::size_t>(gate_cols + up_cols) * elem_size);
+  }
+  std::size_t down_ld_bytes() const noexcept {
+    return detail::padded_row_bytes(static_cast<std::size_t>(hidden) * elem_size);
+  }
+
   void validate() const {
-    // Every extent stays below 2^31 so that byte sizes (extent * extent * elem_size) fit 64 bits.
+    // Every extent stays below 2^31, so a row's byte size (< 2^36) cannot overflow; the buffer
+    // sizes (rows * stride) can, and are checked below.
     if (gate_cols > kMaxRows || up_cols > kMaxRows || hidden > kMaxRows)
       throw std::invalid_argument("column counts must be <= " + std::to_string(kMaxRows));
     if (rows < 1 || rows > kMaxRows)
@@ -158,6 +219,17 @@ struct Shape {
     if (hidden < 1) throw std::invalid_argument("hidden_size must be >= 1");
     if (elem_size != 1 && elem_size != 2 && elem_size != 4 && elem_size != 8)
       throw std::invalid_argument("element size must be 1, 2, 4 or 8 bytes");
+    std::size_t concat_bytes = 0, down_bytes = 0;
+    const auto n = static_cast<std::size_t>(rows);
+    constexpr auto kLimit = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max());
+    // 2 * (concat + down) <= kLimit, written so that no step can wrap.
+    if (!detail::checked_mul(n, concat_ld_bytes(), concat_bytes) ||
+        !detail::checked_mul(n, down_ld_bytes(), down_bytes) || concat_bytes > kLimit / 4 ||
+        down_bytes > kLimit / 4)
+      throw std::invalid_argument(
+          "the cache would need more than 2^63 bytes (N = " + std::to_string(rows) +
+          ", gate|up row " + std::to_string(concat_ld_bytes()) + " B, down row " +
+          std::to_string(down_ld_bytes()) + " B, two copies of each)");
   }
 };
 
@@ -173,30 +245,59 @@ inline std::shared_ptr<std::byte> make_aligned_buffer(std::size_t bytes) {
       p, [](std::byte* q) { ::operator delete(q, std::align_val_t{kAlignBytes}); });
 }
 
-// Row stride in bytes for a row of `row_bytes` (see kPadMinRowBytes).
-constexpr std::size_t padded_row_bytes(std::size_t row_bytes) noexcept {
-  return row_bytes < kPadMinRowBytes ? row_bytes
-                                     : (row_bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
+// [b, e) of the NUL-terminated s without surrounding white space.
+inline void trim(const char* s, const char*& b, const char*& e) noexcept {
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+  b = s;
+  while (*b && space(*b)) ++b;
+  e = b + std::strlen(b);
+  while (e > b && space(e[-1])) --e;
 }
 
-// Parses a whole decimal string; false on junk, empty input or overflow.
+inline bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+// Parses a decimal integer ([+-]?digits, white space around it ignored); false on anything else
+// (junk, empty input, hex, overflow).
 inline bool parse_int64(const char* s, std::int64_t& out) {
-  if (!s || !*s) return false;
+  if (!s) return false;
+  const char *b = nullptr, *e = nullptr;
+  trim(s, b, e);
+  const char* p = b + (b < e && (*b == '+' || *b == '-'));
+  if (p == e) return false;
+  for (const char* q = p; q < e; ++q)
+    if (!is_digit(*q)) return false;
   char* end = nullptr;
   errno = 0;
-  const long long v = std::strtoll(s, &end, 10);
-  if (errno != 0 || *end != '\0') return false;
+  const long long v = std::strtoll(b, &end, 10);
+  if (errno != 0 || end != e) return false;
   out = static_cast<std::int64_t>(v);
   return true;
 }
 
+// Parses a finite decimal number ([+-]? digits [. digits] [e [+-] digits], or starting with the
+// point; white space around it ignored); false on anything else (hex, inf, nan, overflow).
 inline bool parse_double(const char* s, double& out) {
-  if (!s || !*s) return false;
+  if (!s) return false;
+  const char *b = nullptr, *e = nullptr;
+  trim(s, b, e);
+  const char* p = b + (b < e && (*b == '+' || *b == '-'));
+  std::size_t mantissa_digits = 0;
+  for (; p < e && is_digit(*p); ++p) ++mantissa_digits;
+  if (p < e && *p == '.')
+    for (++p; p < e && is_digit(*p); ++p) ++mantissa_digits;
+  if (mantissa_digits == 0) return false;
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    ++p;
+    if (p < e && (*p == '+' || *p == '-')) ++p;
+    if (p == e || !is_digit(*p)) return false;
+    while (p < e && is_digit(*p)) ++p;
+  }
+  if (p != e) return false;
   char* end = nullptr;
   errno = 0;
-  const double v = std::strtod(s, &end);
+  const double v = std::strtod(b, &end);
   // ERANGE on underflow still yields a usable tiny value; only overflow (inf) is rejected.
-  if ((errno != 0 && std::fabs(v) >= 1.0) || *end != '\0') return false;
+  if ((errno != 0 && std::fabs(v) >= 1.0) || end != e || !std::isfinite(v)) return false;
   out = v;
   return true;
 }
@@ -317,6 +418,13 @@ inline std::int64_t popcount(std::uint64_t x) noexcept {
 #endif
 }
 
+// Smallest e >= 0 with 2^e >= x, for x >= 1.
+inline std::int64_t ceil_log2(std::int64_t x) noexcept {
+  std::int64_t e = 0;
+  while ((std::int64_t{1} << e) < x) ++e;
+  return e;
+}
+
 // Calls f(index) for each set bit of `bits`, ascending; `base` is the index of bit 0.
 template <class F>
 inline void for_each_bit(std::uint64_t bits, std::int64_t base, F&& f) {
@@ -326,19 +434,25 @@ inline void for_each_bit(std::uint64_t bits, std::int64_t base, F&& f) {
   }
 }
 
-// Writes the [rows, cols] row-major matrix src (element size es) transposed into dst rows of
-// stride dst_ld bytes: dst row c = column c of src. Tiled so both sides stay in cache.
-template <class T>
-void transpose_into(const T* src, std::int64_t rows, std::int64_t cols, std::byte* dst,
-                    std::size_t dst_ld) {
+// Writes the [rows, cols] row-major matrix src of kElemBytes-byte elements transposed into dst
+// rows of stride dst_ld bytes: dst row c = column c of src. Tiled so both sides stay in cache.
+// Elements are moved with memcpy (one move instruction at a constant size), never through a
+// pointer of another type, so there is no strict-aliasing question whatever the caller's type.
+template <std::size_t kElemBytes>
+void transpose_into(const std::byte* src, std::int64_t rows, std::int64_t cols, std::byte* dst,
+                    std::size_t dst_ld) noexcept {
   constexpr std::int64_t kTile = 32;
+  const auto ucols = static_cast<std::size_t>(cols);
   for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
     const std::int64_t r1 = std::min(rows, r0 + kTile);
     for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
       const std::int64_t c1 = std::min(cols, c0 + kTile);
       for (std::int64_t c = c0; c < c1; ++c) {
-        T* out = reinterpret_cast<T*>(dst + static_cast<std::size_t>(c) * dst_ld);
-        for (std::int64_t r = r0; r < r1; ++r) out[r] = src[r * cols + c];
+        std::byte* out = dst + static_cast<std::size_t>(c) * dst_ld;
+        for (std::int64_t r = r0; r < r1; ++r) {
+          const auto ur = static_cast<std::size_t>(r), uc = static_cast<std::size_t>(c);
+          std::memcpy(out + ur * kElemBytes, src + (ur * ucols + uc) * kElemBytes, kElemBytes);
+        }
       }
     }
   }
@@ -357,23 +471,32 @@ struct SerialFor {
 
 using detail::SerialFor;
 
-inline Settings Settings::from_environment() {
+inline Settings Settings::from_environment(const SettingOverrides& overrides) {
   Settings s;
   // Each variable is parsed and range-checked on its own so that the error names it exactly.
   const auto fail = [](const char* name, const char* what, const char* value) {
     throw std::invalid_argument(std::string("environment variable ") + name + " must be " + what +
                                 ", got '" + value + "'");
   };
-  const char* v = std::getenv("WEIGHT_CACHE_GRAIN");
-  if (v && (!detail::parse_int64(v, s.grain) || s.grain < 1))
+  const char* v = nullptr;
+  if (overrides.grain) {
+    s.grain = *overrides.grain;
+  } else if ((v = std::getenv("WEIGHT_CACHE_GRAIN")) &&
+             (!detail::parse_int64(v, s.grain) || s.grain < 1)) {
     fail("WEIGHT_CACHE_GRAIN", "an integer >= 1", v);
-  v = std::getenv("WEIGHT_CACHE_PAR_THRESHOLD");
-  if (v && (!detail::parse_int64(v, s.par_threshold) || s.par_threshold < 0))
+  }
+  if (overrides.par_threshold) {
+    s.par_threshold = *overrides.par_threshold;
+  } else if ((v = std::getenv("WEIGHT_CACHE_PAR_THRESHOLD")) &&
+             (!detail::parse_int64(v, s.par_threshold) || s.par_threshold < 0)) {
     fail("WEIGHT_CACHE_PAR_THRESHOLD", "an integer >= 0", v);
-  v = std::getenv("WEIGHT_CACHE_HYBRID_TAU_FRAC");
-  if (v && (!detail::parse_double(v, s.hybrid_tau_frac) || !std::isfinite(s.hybrid_tau_frac) ||
-            s.hybrid_tau_frac < 0.0))
-    fail("WEIGHT_CACHE_HYBRID_TAU_FRAC", "a finite number >= 0", v);
+  }
+  if (overrides.hybrid_tau_frac) {
+    s.hybrid_tau_frac = *overrides.hybrid_tau_frac;
+  } else if ((v = std::getenv("WEIGHT_CACHE_HYBRID_TAU_FRAC")) &&
+             (!detail::parse_double(v, s.hybrid_tau_frac) || s.hybrid_tau_frac < 0.0)) {
+    fail("WEIGHT_CACHE_HYBRID_TAU_FRAC", "a finite decimal number >= 0", v);
+  }
   return s;
 }
 
@@ -396,8 +519,8 @@ class WeightCache {
       throw std::invalid_argument("up, down and mask data must not be null");
     const std::size_t es = shape_.elem_size;
     const auto n = static_cast<std::size_t>(shape_.rows);
-    concat_ld_ = detail::padded_row_bytes(static_cast<std::size_t>(concat_cols()) * es);
-    down_ld_ = detail::padded_row_bytes(static_cast<std::size_t>(shape_.hidden) * es);
+    concat_ld_ = shape_.concat_ld_bytes();
+    down_ld_ = shape_.down_ld_bytes();
     pool_concat_ = detail::make_aligned_buffer(n * concat_ld_);
     pool_down_ = detail::make_aligned_buffer(n * down_ld_);
     packed_concat_ = detail::make_aligned_buffer(n * concat_ld_);
@@ -410,11 +533,12 @@ class WeightCache {
       if (gate_bytes) std::memcpy(dst, static_cast<const std::byte*>(gate) + r * gate_bytes, gate_bytes);
       std::memcpy(dst + gate_bytes, static_cast<const std::byte*>(up) + r * up_bytes, up_bytes);
     }
+    const auto* down_bytes = static_cast<const std::byte*>(down);
     switch (es) {
-      case 1: detail::transpose_into(static_cast<const std::uint8_t*>(down), shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
-      case 2: detail::transpose_into(static_cast<const std::uint16_t*>(down), shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
-      case 4: detail::transpose_into(static_cast<const std::uint32_t*>(down), shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
-      default: detail::transpose_into(static_cast<const std::uint64_t*>(down), shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
+      case 1: detail::transpose_into<1>(down_bytes, shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
+      case 2: detail::transpose_into<2>(down_bytes, shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
+      case 4: detail::transpose_into<4>(down_bytes, shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
+      default: detail::transpose_into<8>(down_bytes, shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
     }
 
     const auto num_words = static_cast<std::size_t>((shape_.rows + 63) / 64);
@@ -430,7 +554,8 @@ class WeightCache {
 
     detail::pack_mask(mask, shape_.rows, mask_stride, mask_words_.data());
     const std::int64_t m = count_active(mask_words_);
-    apply_rebuild(m, detail::SerialFor{});
+    order_by_scan(m);
+    copy_all_active(m, detail::SerialFor{});
     stats_ = UpdateStats{m, 0, m, 0, m, UpdatePath::kRebuild};
     debug_check();
   }
@@ -443,9 +568,15 @@ class WeightCache {
 
   // Makes the active set equal `mask` (N bytes at stride `mask_stride`, nonzero = active).
   // O(N/64) to diff the mask words plus O(A + R) bookkeeping plus the row copies. Never throws.
+  //
+  // ParallelFor contract (both updates): parallel_for(0, n, grain, body) calls body(b, e) on
+  // disjoint ranges covering [0, n), possibly on several threads, and returns (or throws) only
+  // after every body call it started has returned. It may throw (e.g. it could not start its
+  // threads): the update then redoes all its copies on the calling thread, which is correct
+  // because every copy reads a pool row and writes a distinct slot (idempotent).
   template <class ParallelFor = SerialFor>
   void update_from_mask(const std::uint8_t* mask, std::int64_t mask_stride,
-                        const ParallelFor& parallel_for = ParallelFor{}) {
+                        const ParallelFor& parallel_for = ParallelFor{}) noexcept {
     detail::pack_mask(mask, shape_.rows, mask_stride, scratch_words_.data());
     std::int64_t num_added = 0, num_removed = 0;
     for (std::size_t w = 0; w < mask_words_.size(); ++w) {
@@ -460,11 +591,13 @@ class WeightCache {
       });
     }
     mask_words_.swap(scratch_words_);
+    work_ = UpdateWork{static_cast<std::int64_t>(mask_words_.size()), 0};
     apply(num_added, num_removed, parallel_for);
   }
 
   // Activates rows added[0, num_added) and deactivates removed[0, num_removed), in that order of
-  // slot assignment. O(A + R) plus the row copies — the mask is never scanned. Throws
+  // slot assignment. O(A + R) plus the row copies on the paired path, and O(m + m' log m') when
+  // the hybrid rebuild fires at small m' (see order_by_sort) — never O(N). Throws
   // std::out_of_range for an id outside [0, N) and std::invalid_argument for a duplicate, an
   // added row that is already active or a removed row that is not; the cache is then unchanged.
   template <class ParallelFor = SerialFor>
@@ -483,6 +616,7 @@ class WeightCache {
       removed_[i] = static_cast<std::int32_t>(removed[i]);
       clear_bit(mask_words_, removed[i]);
     }
+    work_ = UpdateWork{};
     apply(num_added, num_removed, parallel_for);
   }
 
@@ -505,6 +639,7 @@ class WeightCache {
   std::int32_t slot_of(std::int64_t r) const noexcept { return slot_of_[static_cast<std::size_t>(r)]; }
   bool is_active(std::int64_t r) const noexcept { return test_bit(mask_words_, r); }
   const UpdateStats& last_update_stats() const noexcept { return stats_; }
+  const UpdateWork& last_update_work() const noexcept { return work_; }
   const Settings& settings() const noexcept { return settings_; }
   // Replaces the settings. Throws std::invalid_argument (cache unchanged) when invalid.
   void set_settings(const Settings& s) {
@@ -549,9 +684,14 @@ class WeightCache {
     return n;
   }
 
-  void debug_check() const {
+  void debug_check() const noexcept {
 #ifdef PAIRED_REPLACEMENT_DEBUG
-    check_invariants();
+    try {
+      check_invariants();
+    } catch (const std::exception& e) {  // same behaviour as PAIRED_REPLACEMENT_ASSERT
+      std::fprintf(stderr, "%s\n", e.what());
+      std::abort();
+    }
 #endif
   }
 
@@ -585,7 +725,8 @@ class WeightCache {
   // Common tail of both updates. Preconditions: mask_words_ holds the new mask; added_[0, A) are
   // the newly active rows, removed_[0, R) the newly inactive ones; slot bookkeeping is still old.
   template <class ParallelFor>
-  void apply(std::int64_t num_added, std::int64_t num_removed, const ParallelFor& parallel_for) {
+  void apply(std::int64_t num_added, std::int64_t num_removed,
+             const ParallelFor& parallel_for) noexcept {
     const std::int64_t m_old = m_;
     const std::int64_t m_new = m_old - num_removed + num_added;
     PAIRED_REPLACEMENT_ASSERT(m_new >= 0 && m_new <= shape_.rows);
@@ -602,7 +743,14 @@ class WeightCache {
     for (std::int64_t s = m_old; s < m_new; ++s) holes_[num_holes++] = static_cast<std::int32_t>(s);
 
     if (static_cast<double>(num_holes) > settings_.hybrid_tau_frac * static_cast<double>(m_new)) {
-      apply_rebuild(m_new, parallel_for);
+      // The cheaper way to the ascending order of the new active set (estimated in elementary
+      // steps): scan the mask words, or sort the kept and added rows we already hold.
+      const auto num_words = static_cast<std::int64_t>(mask_words_.size());
+      if (m_old + m_new * detail::ceil_log2(m_new + 1) < num_words)
+        order_by_sort(m_new, num_added, num_removed);
+      else
+        order_by_scan(m_new);
+      copy_all_active(m_new, parallel_for);
       stats_ = UpdateStats{num_added, num_removed, m_new, m_old, m_new, UpdatePath::kRebuild};
       debug_check();
       return;
@@ -629,10 +777,10 @@ class WeightCache {
     debug_check();
   }
 
-  // Re-gathers all m_new active rows (ascending row id) from the pools. Precondition:
-  // mask_words_ holds the new mask with m_new bits set. O(N/64 + m_old + m_new) bookkeeping.
-  template <class ParallelFor>
-  void apply_rebuild(std::int64_t m_new, const ParallelFor& parallel_for) {
+  // Slot bookkeeping of a rebuild, by a scan of the mask: row_at_[0, m_new) = the active rows in
+  // ascending order, slot_of_ to match. Precondition: mask_words_ holds the new mask with m_new
+  // bits set; row_at_[0, m_) the old active rows. O(N/64 + m_ + m_new).
+  void order_by_scan(std::int64_t m_new) noexcept {
     for (std::int64_t s = 0; s < m_; ++s) slot_of_[static_cast<std::size_t>(row_at_[static_cast<std::size_t>(s)])] = -1;
     std::int32_t slot = 0;
     for (std::size_t w = 0; w < mask_words_.size(); ++w)
@@ -640,7 +788,31 @@ class WeightCache {
         row_at_[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(r);
         slot_of_[static_cast<std::size_t>(r)] = slot++;
       });
+    work_.mask_words_scanned += static_cast<std::int64_t>(mask_words_.size());
     PAIRED_REPLACEMENT_ASSERT(slot == m_new);
+    (void)m_new;
+  }
+
+  // The same result as order_by_scan without reading the mask: the old active rows minus
+  // removed_[0, R), plus added_[0, A), sorted. Preconditions as in apply(). O(m_ + m_new log m_new),
+  // no allocation (std::sort works in place).
+  void order_by_sort(std::int64_t m_new, std::int64_t num_added, std::int64_t num_removed) noexcept {
+    for (std::int64_t i = 0; i < num_removed; ++i) slot_of_[static_cast<std::size_t>(removed_[i])] = -1;
+    std::size_t n = 0;  // compacts row_at_ in place: n <= s throughout
+    for (std::int64_t s = 0; s < m_; ++s) {
+      const std::int32_t r = row_at_[static_cast<std::size_t>(s)];
+      if (slot_of_[static_cast<std::size_t>(r)] >= 0) row_at_[n++] = r;
+    }
+    for (std::int64_t i = 0; i < num_added; ++i) row_at_[n++] = added_[i];
+    PAIRED_REPLACEMENT_ASSERT(static_cast<std::int64_t>(n) == m_new);
+    (void)m_new;
+    std::sort(row_at_.begin(), row_at_.begin() + static_cast<std::ptrdiff_t>(n));
+    for (std::size_t s = 0; s < n; ++s) slot_of_[static_cast<std::size_t>(row_at_[s])] = static_cast<std::int32_t>(s);
+  }
+
+  // Copies pool row row_at_[s] into slot s for every s < m_new (the copy half of a rebuild).
+  template <class ParallelFor>
+  void copy_all_active(std::int64_t m_new, const ParallelFor& parallel_for) noexcept {
     const std::int32_t* rows = row_at_.data();
     copy_rows(m_new, [](std::int64_t i) { return i; }, [=](std::int64_t i) { return rows[i]; },
               parallel_for);
@@ -648,9 +820,12 @@ class WeightCache {
   }
 
   // For i in [0, n): packed slot dst_slot(i) <- pool row src_row(i), both buffers; in parallel
-  // when n >= par_threshold. Contract: the dst slots are distinct.
+  // when n >= par_threshold. Contract: the dst slots are distinct. Counts the body calls in
+  // work_.copy_tasks. Each body call fences its own non-temporal stores before it returns, so the
+  // rows are visible to any thread once the executor has returned.
   template <class DstSlot, class SrcRow, class ParallelFor>
-  void copy_rows(std::int64_t n, DstSlot dst_slot, SrcRow src_row, const ParallelFor& parallel_for) {
+  void copy_rows(std::int64_t n, DstSlot dst_slot, SrcRow src_row,
+                 const ParallelFor& parallel_for) noexcept {
     if (n <= 0) return;
     const bool streaming = static_cast<std::size_t>(n) * (concat_ld_ + down_ld_) >= kStreamingMinBytes;
     std::byte* const pc = packed_concat_.get();
@@ -658,7 +833,10 @@ class WeightCache {
     const std::byte* const qc = pool_concat_.get();
     const std::byte* const qd = pool_down_.get();
     const std::size_t lc = concat_ld_, ld = down_ld_;
-    const auto body = [=](std::int64_t begin, std::int64_t end) {
+    std::atomic<std::int64_t> tasks{0};
+    std::atomic<std::int64_t>* const task_count = &tasks;
+    const auto body = [=](std::int64_t begin, std::int64_t end) noexcept {
+      task_count->fetch_add(1, std::memory_order_relaxed);
       for (std::int64_t i = begin; i < end; ++i) {
         const auto s = static_cast<std::size_t>(dst_slot(i));
         const auto r = static_cast<std::size_t>(src_row(i));
@@ -667,10 +845,20 @@ class WeightCache {
       }
       if (streaming) detail::store_fence();
     };
-    if (n >= settings_.par_threshold)
-      parallel_for(std::int64_t{0}, n, settings_.grain, body);
-    else
+    if (n >= settings_.par_threshold) {
+      try {
+        parallel_for(std::int64_t{0}, n, settings_.grain, body);
+      } catch (...) {
+        // Only the executor can throw (the body cannot). See the ParallelFor contract: redo
+        // every copy here; the bookkeeping already describes the new state, so the update
+        // completes as if nothing had happened (I7 needs no rollback).
+        tasks.store(0, std::memory_order_relaxed);
+        body(0, n);
+      }
+    } else {
       body(0, n);
+    }
+    work_.copy_tasks += tasks.load(std::memory_order_relaxed);
   }
 
   Shape shape_;
@@ -684,6 +872,7 @@ class WeightCache {
   std::vector<std::int32_t> added_, removed_, holes_, fillers_;  // per-update scratch, size N
   std::int64_t m_ = 0;
   UpdateStats stats_;
+  UpdateWork work_;
 };
 
 }  // namespace paired_replacement

@@ -21,7 +21,8 @@
 //   C  padded-stride / alignment shapes, and the non-temporal (streaming) copy path;
 //   D  bad input to update_from_indices (strong exception guarantee, "seen" scratch cleaned);
 //   E  invalid Settings / Shape / constructor arguments, Settings::from_environment;
-//   F  move semantics and buffer views outliving the cache.
+//   F  move semantics and buffer views outliving the cache;
+//   G  work counters (no mask scan on index-path rebuilds at N = 2^20), an executor that throws.
 // Valid updates run with SerialFor / the reverse executor are also checked to perform no heap
 // allocation (invariant I6), through replacement global operator new/delete that count calls.
 
@@ -131,6 +132,7 @@ struct Coverage {
   long padded_row_updates = 0;  // a row stride >= 512 bytes (padded)
   long streaming_updates = 0;   // n * (concat_ld + down_ld) >= kStreamingMinBytes
   long crossed_word_boundary = 0;  // N > 128
+  long rebuild_by_sort = 0, rebuild_by_scan = 0;  // how a rebuild found the ascending row order
 } g_cov;
 
 [[noreturn]] void fail_at(const std::string& msg, const char* file, int line) {
@@ -503,6 +505,7 @@ void verify(const pr::WeightCache& c, const Model& M, const Problem& P) {
 struct CallLog {
   long calls = 0;
   std::int64_t begin = -1, end = -1, grain = -1;
+  std::atomic<long> bodies{0};  // body calls made by the executor (from any thread)
 };
 
 // Splits [begin, end) into grain-sized chunks and runs them in reverse order on this thread.
@@ -520,6 +523,7 @@ struct ReverseChunks {
     for (std::int64_t k = num_chunks - 1; k >= 0; --k) {
       const std::int64_t b = begin + k * grain;
       body(b, std::min(end, b + grain));
+      ++log->bodies;
     }
   }
 };
@@ -544,6 +548,7 @@ struct ThreadChunks {
         for (std::int64_t k = t; k < num_chunks; k += T) {
           const std::int64_t b = begin + k * grain;
           body(b, std::min(end, b + grain));
+          ++log->bodies;
         }
       });
     for (auto& th : threads) th.join();
@@ -773,6 +778,7 @@ Trace run_sequence(const Problem& P, const std::vector<Op>& ops, Exec ex, pr::Se
       if (cache.slot_of(r) < m_new) ++h;
     const pr::UpdateStats expect = M.apply(op.added, op.removed, settings.hybrid_tau_frac);
     const long calls_before = log.calls;
+    const long bodies_before = log.bodies.load();
 
     g_num_allocs.store(0);
     g_count_allocs.store(ex != Exec::kThreads);  // std::thread itself allocates
@@ -829,6 +835,23 @@ Trace run_sequence(const Problem& P, const std::vector<Op>& ops, Exec ex, pr::Se
       if (want_call)
         CHECK(log.begin == 0 && log.end == n && log.grain == settings.grain,
               "executor got [" << log.begin << ", " << log.end << ") grain " << log.grain);
+    }
+    // Work counters: mask words read (the diff of a mask update, plus the scan of a rebuild that
+    // orders by scanning, which it does unless sorting the held rows is cheaper — never on an
+    // index update at small m', whatever N), and one copy task per body call.
+    {
+      const pr::UpdateWork& work = cache.last_update_work();
+      const auto num_words = (N + 63) / 64;
+      const bool by_sort = m_old + m_new * pr::detail::ceil_log2(m_new + 1) < num_words;
+      const std::int64_t scanned = (op.kind == Op::kMask ? num_words : 0) +
+                                   (st.path == pr::UpdatePath::kRebuild && !by_sort ? num_words : 0);
+      CHECK(work.mask_words_scanned == scanned,
+            "mask_words_scanned " << work.mask_words_scanned << ", expected " << scanned);
+      if (st.path == pr::UpdatePath::kRebuild) ++(by_sort ? g_cov.rebuild_by_sort : g_cov.rebuild_by_scan);
+      const std::int64_t n = st.rows_written;
+      const bool via_executor = ex != Exec::kSerial && n > 0 && n >= settings.par_threshold;
+      const long tasks = via_executor ? log.bodies.load() - bodies_before : (n > 0 ? 1 : 0);
+      CHECK(work.copy_tasks == tasks, "copy_tasks " << work.copy_tasks << ", expected " << tasks);
     }
     verify(cache, M, P);
     trace.rows.emplace_back(cache.active_rows(), cache.active_rows() + cache.num_active());
@@ -1308,8 +1331,72 @@ void section_settings_shape_env() {
       CHECK(contains(what, ec.var), "message '" << what << "' does not name " << ec.var);
       unsetenv(ec.var);
     }
+
+    g_ctx = "E from_environment: white space around a value is ignored, on either side";
+    const std::pair<const char*, std::int64_t> grains[] = {{" 7", 7}, {"7 ", 7}, {"\t7\n", 7}, {"+7", 7}};
+    for (const auto& [text, value] : grains) {
+      setenv("WEIGHT_CACHE_GRAIN", text, 1);
+      CHECK(pr::Settings::from_environment().grain == value, "WEIGHT_CACHE_GRAIN='" << text << "'");
+    }
+    unsetenv("WEIGHT_CACHE_GRAIN");
+    const std::pair<const char*, double> taus[] = {{" 0.25 ", 0.25}, {"1e-1", 0.1}, {".5", 0.5}, {"2.", 2.0}};
+    for (const auto& [text, value] : taus) {
+      setenv("WEIGHT_CACHE_HYBRID_TAU_FRAC", text, 1);
+      CHECK(pr::Settings::from_environment().hybrid_tau_frac == value,
+            "WEIGHT_CACHE_HYBRID_TAU_FRAC='" << text << "'");
+    }
+    unsetenv("WEIGHT_CACHE_HYBRID_TAU_FRAC");
+    g_ctx = "E from_environment: only plain decimal numbers";
+    const EnvCase strict_cases[] = {
+        {"WEIGHT_CACHE_GRAIN", "0x10", "grain"},          {"WEIGHT_CACHE_GRAIN", "7 7", "grain"},
+        {"WEIGHT_CACHE_GRAIN", "- 7", "grain"},           {"WEIGHT_CACHE_GRAIN", "  ", "grain"},
+        {"WEIGHT_CACHE_HYBRID_TAU_FRAC", "0x1p-2", "tau"}, {"WEIGHT_CACHE_HYBRID_TAU_FRAC", "1e400", "tau"},
+        {"WEIGHT_CACHE_HYBRID_TAU_FRAC", "1e", "tau"},     {"WEIGHT_CACHE_HYBRID_TAU_FRAC", ".", "tau"},
+        {"WEIGHT_CACHE_HYBRID_TAU_FRAC", "infinity", "tau"}, {"WEIGHT_CACHE_HYBRID_TAU_FRAC", "0.5 0.5", "tau"},
+    };
+    for (const EnvCase& ec : strict_cases) {
+      g_ctx = std::string("E from_environment with ") + ec.var + "='" + ec.value + "'";
+      setenv(ec.var, ec.value, 1);
+      EXPECT_THROW_EXACT(std::invalid_argument, pr::Settings::from_environment(), what);
+      CHECK(contains(what, ec.var), "message '" << what << "' does not name " << ec.var);
+      unsetenv(ec.var);
+    }
+
+    g_ctx = "E from_environment: an explicit value wins and its variable is not read";
+    setenv("WEIGHT_CACHE_GRAIN", "not a number", 1);
+    setenv("WEIGHT_CACHE_PAR_THRESHOLD", "-5", 1);
+    setenv("WEIGHT_CACHE_HYBRID_TAU_FRAC", "nan", 1);
+    {
+      pr::SettingOverrides o;
+      o.grain = 5;
+      o.par_threshold = 9;
+      o.hybrid_tau_frac = 0.125;
+      const pr::Settings e = pr::Settings::from_environment(o);
+      CHECK(e.grain == 5 && e.par_threshold == 9 && e.hybrid_tau_frac == 0.125, "overrides not taken");
+      o.par_threshold.reset();  // this one is read again, and is malformed
+      EXPECT_THROW_EXACT(std::invalid_argument, pr::Settings::from_environment(o), what);
+      CHECK(contains(what, "WEIGHT_CACHE_PAR_THRESHOLD") && !contains(what, "GRAIN"), "message '" << what << "'");
+    }
+    for (const char* n : names) unsetenv(n);
     for (std::size_t i = 0; i < 3; ++i)
       if (saved[i].first) setenv(names[i], saved[i].second.c_str(), 1);
+  }
+
+  g_ctx = "E Shape::validate: buffer sizes that overflow 64 bits, or exceed ptrdiff_t";
+  {
+    pr::Shape huge;
+    huge.rows = pr::kMaxRows;
+    huge.gate_cols = 0;
+    huge.up_cols = 1;
+    huge.hidden = pr::kMaxRows;  // (2^31 - 1)^2 * 8 bytes: wraps size_t
+    huge.elem_size = 8;
+    EXPECT_THROW_EXACT(std::invalid_argument, huge.validate(), what);
+    CHECK(contains(what, "2^63"), "message '" << what << "'");
+    huge.hidden = 1;
+    huge.up_cols = std::int64_t{1} << 28;  // 2^31 rows of 2^31 bytes: fits size_t, not the limit
+    EXPECT_THROW_EXACT(std::invalid_argument, huge.validate(), what);
+    huge.up_cols = 1;
+    huge.validate();  // 2^31 rows of 8 bytes (four 16 GiB buffers) is a valid shape
   }
 }
 
@@ -1387,6 +1474,109 @@ void section_move() {
   }
 }
 
+// =============================================================================================
+// G. Work counters at large N, and an executor that fails
+// =============================================================================================
+static_assert(noexcept(std::declval<pr::WeightCache&>().update_from_mask(nullptr, 1, pr::SerialFor{})),
+              "update_from_mask must be noexcept (I7)");
+
+// Runs the first chunk, then throws, as an executor that cannot start its threads might.
+struct ThrowingFor {
+  template <class Body>
+  void operator()(std::int64_t begin, std::int64_t end, std::int64_t grain, const Body& body) const {
+    if (begin < end) body(begin, std::min(end, begin + grain));
+    throw std::runtime_error("executor failure (injected)");
+  }
+};
+
+std::int64_t random_row_where(Rng& rng, const std::vector<bool>& mask, bool val) {
+  for (;;) {
+    const std::int64_t r = rand_int(rng, 0, static_cast<std::int64_t>(mask.size()) - 1);
+    if (mask[static_cast<std::size_t>(r)] == val) return r;
+  }
+}
+
+void section_work_and_executor_failure() {
+  Rng rng(0xC0FFEE);
+  g_ctx = "G index-path rebuilds at N = 2^20 and m' <= 4 read no mask word";
+  {
+    ++g_num_sequences;
+    pr::Shape shape;
+    shape.rows = std::int64_t{1} << 20;
+    shape.gate_cols = 0;
+    shape.up_cols = 1;
+    shape.hidden = 1;
+    shape.elem_size = 1;
+    std::vector<bool> bits(static_cast<std::size_t>(shape.rows), false);
+    for (int i = 0; i < 2; ++i) bits[static_cast<std::size_t>(random_row_where(rng, bits, false))] = true;
+    Problem P = make_problem(rng, shape, bits);
+    pr::Settings s;
+    s.hybrid_tau_frac = 0.0;  // every change rebuilds
+    pr::WeightCache cache(shape, P.gate, P.up, P.down, P.init_mask.data(), P.init_stride, s);
+    Model M(P.init_bits);
+    for (int step = 0; step < 300; ++step) {
+      ++g_num_updates;
+      std::vector<std::int64_t> added, removed;
+      std::vector<bool> after = M.mask;
+      const std::int64_t num_added = rand_int(rng, 0, M.m() >= 4 ? 0 : 2);
+      for (std::int64_t i = 0; i < num_added; ++i) {
+        added.push_back(random_row_where(rng, after, false));
+        after[static_cast<std::size_t>(added.back())] = true;
+      }
+      if (M.m() > 0 && coin(rng, 0.7)) removed.push_back(M.row_at[static_cast<std::size_t>(rand_int(rng, 0, M.m() - 1))]);
+      const pr::UpdateStats expect = M.apply(added, removed, s.hybrid_tau_frac);
+      cache.update_from_indices(added.data(), static_cast<std::int64_t>(added.size()), removed.data(),
+                                static_cast<std::int64_t>(removed.size()));
+      CHECK(stats_equal(cache.last_update_stats(), expect), "stats " << stats_str(cache.last_update_stats()));
+      CHECK(cache.last_update_work().mask_words_scanned == 0,
+            "an index update read " << cache.last_update_work().mask_words_scanned << " mask words");
+      CHECK(std::equal(M.row_at.begin(), M.row_at.end(), cache.active_rows()), "row order differs from the model");
+      if (step % 100 == 99) verify(cache, M, P);  // O(N): only now and then
+    }
+    // A mask update reads every word once (its diff) and, ordering its rebuild by sorting, no more.
+    std::vector<bool> next = M.mask;
+    next[static_cast<std::size_t>(random_row_where(rng, next, false))] = true;
+    std::vector<std::uint8_t> buf(next.begin(), next.end());
+    std::vector<std::int64_t> added = {}, removed = {};
+    for (std::size_t r = 0; r < next.size(); ++r)
+      if (next[r] != M.mask[r]) (next[r] ? added : removed).push_back(static_cast<std::int64_t>(r));
+    const pr::UpdateStats expect = M.apply(added, removed, s.hybrid_tau_frac);
+    cache.update_from_mask(buf.data(), 1);
+    CHECK(stats_equal(cache.last_update_stats(), expect), "stats " << stats_str(cache.last_update_stats()));
+    CHECK(cache.last_update_work().mask_words_scanned == shape.rows / 64,
+          "a mask update read " << cache.last_update_work().mask_words_scanned << " words");
+    verify(cache, M, P);
+  }
+
+  g_ctx = "G an executor that throws after one chunk: the update completes serially";
+  for (int seed = 0; seed < 20; ++seed) {
+    ++g_num_sequences;
+    const pr::Shape shape = random_shape(rng, seed % 4 == 0);
+    Problem P = make_problem(rng, shape, random_bits(rng, shape.rows, rand_real(rng, 0.0, 1.0)));
+    pr::Settings s;
+    s.grain = rand_int(rng, 1, 4);
+    s.par_threshold = 0;
+    s.hybrid_tau_frac = seed % 3 == 0 ? 0.0 : 1e9;
+    pr::WeightCache cache(shape, P.gate, P.up, P.down, P.init_mask.data(), P.init_stride, s);
+    Model M(P.init_bits);
+    for (const Op& op : make_ops(rng, P.init_bits, 15, false)) {
+      ++g_num_updates;
+      const pr::UpdateStats expect = M.apply(op.added, op.removed, s.hybrid_tau_frac);
+      if (op.kind == Op::kMask)
+        cache.update_from_mask(op.mask_buf.data(), op.stride, ThrowingFor{});
+      else
+        cache.update_from_indices(op.added.data(), static_cast<std::int64_t>(op.added.size()),
+                                  op.removed.data(), static_cast<std::int64_t>(op.removed.size()),
+                                  ThrowingFor{});
+      CHECK(stats_equal(cache.last_update_stats(), expect), "stats " << stats_str(cache.last_update_stats()));
+      const std::int64_t n = expect.rows_written;
+      CHECK(cache.last_update_work().copy_tasks == (n > 0 ? 1 : 0),
+            "copy_tasks " << cache.last_update_work().copy_tasks << " after the serial redo of " << n << " rows");
+      verify(cache, M, P);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -1398,6 +1588,7 @@ int main() {
     section_bad_input();
     section_settings_shape_env();
     section_move();
+    section_work_and_executor_failure();
     g_ctx = "coverage of the randomized sections";
     const Coverage& c = g_cov;
     CHECK(c.noop > 0 && c.paired > 0 && c.rebuild > 0, "every update path must be reached");
@@ -1406,12 +1597,15 @@ int main() {
     CHECK(c.index_updates > 0 && c.executor_calls > 0, "index updates / executor calls");
     CHECK(c.padded_row_updates > 0 && c.streaming_updates > 0 && c.crossed_word_boundary > 0,
           "padded rows / streaming copies / N > 128");
+    CHECK(c.rebuild_by_sort > 0 && c.rebuild_by_scan > 0, "rebuild orderings (sort / scan)");
     std::printf("core_selftest: coverage: noop %ld, paired %ld (W=0 with removals %ld, shrink with tail "
                 "moves %ld), rebuild %ld; mask updates stride1/2/3 %ld/%ld/%ld, index updates %ld; "
-                "executor calls %ld; padded-row updates %ld; streaming updates %ld\n",
+                "executor calls %ld; padded-row updates %ld; streaming updates %ld; rebuilds ordered by "
+                "sort/scan %ld/%ld\n",
                 c.noop, c.paired, c.paired_zero_writes, c.paired_shrink_with_tail, c.rebuild,
                 c.mask_updates[1], c.mask_updates[2], c.mask_updates[3], c.index_updates,
-                c.executor_calls, c.padded_row_updates, c.streaming_updates);
+                c.executor_calls, c.padded_row_updates, c.streaming_updates, c.rebuild_by_sort,
+                c.rebuild_by_scan);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "core_selftest: FAILED: unexpected exception: %s\n  while: %s\n", e.what(),
                  g_ctx.c_str());

@@ -4,8 +4,10 @@
 - :mod:`paired_replacement.reference` — the NumPy reference (no torch, no compiled code).
 - :func:`load_extension` — choose which compiled build this process uses (see ``_extension``).
 
-Names are imported on first use, so that torch-free tools (the NumPy reference, the analysis
-stage) do not pay for importing torch.
+Importing the package registers ``torch.classes.paired.WeightCache`` and ``torch.ops.paired.*``
+(the original API) without importing torch itself: the compiled library is loaded on their first
+use (see ``_registration``). Names are imported on first use too, so that torch-free tools (the
+NumPy reference, the analysis stage) do not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _registration
+
 _EXPORTS = {
     "WeightCache": ".cache",
     "PairedCache": ".reference",
     "UpdateStats": ".reference",
+    "UpdateWork": ".cache",
     "baseline_full_rebuild": ".reference",
     "load_extension": "._extension",
     "loaded_library": "._extension",
 }
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+_registration.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,25 @@ def load_extension(build_dir: str | os.PathLike | None = None) -> Path:
         return _loaded
     torch.ops.load_library(str(library))
     _loaded = library
+    _warn_if_serial(library)
     return library
+
+
+def build_info() -> dict[str, str]:
+    """What the loaded library was compiled with (compiler, flags, simd, parallel), as a dict."""
+    load_extension()
+    lines = torch.ops.paired.build_info().strip().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def _warn_if_serial(library: Path) -> None:
+    parallel = build_info().get("parallel", "unknown")
+    if parallel.startswith("serial"):
+        warnings.warn(
+            f"{library} runs its row copies on one thread: {parallel}. Rebuild it "
+            "(`pip install --no-build-isolation -e .` or `paired-replacement-build --force`).",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
 def loaded_library() -> Path | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,26 +58,69 @@ def _as_mask(mask: MaskLike) -> torch.Tensor:
     return mask
 
 
-def _as_indices(values: IndexLike, name: str) -> torch.Tensor:
-    """1-D int64 CPU tensor of row ids; rejects scalars, bool and floating input by name."""
+def _out_of_range(name: str, position: int, value: int, rows: int) -> IndexError:
+    # Same wording as the C++ core's message for an id outside [0, N).
+    return IndexError(f"{name}[{position}] = {value} is out of range [0, {rows})")
+
+
+def _check_fits_int64(array: np.ndarray, name: str, rows: int) -> np.ndarray:
+    """Raises IndexError with the real value for ids that do not fit int64 (uint64 >= 2^63, or
+    Python ints beyond 64 bits), which a cast to int64 would wrap into negative numbers."""
+    if array.dtype == np.uint64:
+        too_big = np.flatnonzero(array > np.uint64(_INT64_MAX))
+        if too_big.size:
+            raise _out_of_range(name, int(too_big[0]), int(array[too_big[0]]), rows)
+    elif array.dtype == object:  # NumPy's choice for Python ints beyond 64 bits
+        for i, value in enumerate(array):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must hold integer row ids, got {type(value).__name__} "
+                                f"{value!r} at position {i}")
+            if not 0 <= int(value) <= _INT64_MAX:
+                raise _out_of_range(name, i, int(value), rows)
+        return array.astype(np.int64)
+    return array
+
+
+def _as_indices(values: IndexLike, name: str, rows: int) -> torch.Tensor:
+    """1-D int64 CPU tensor of row ids; rejects scalars, bool and floating input by name.
+
+    An empty Python sequence is fine (it has no dtype); an empty float array or tensor is refused
+    like a non-empty one, from NumPy and from torch alike.
+    """
     if isinstance(values, torch.Tensor):
         t = values
+        if t.dtype == torch.uint64 and t.layout == torch.strided and t.device.type == "cpu":
+            t = torch.from_numpy(_check_fits_int64(t.numpy(), name, rows).astype(np.int64))
     else:
-        array = np.asarray(values)
+        if isinstance(values, np.ndarray):
+            array = values
+        else:
+            array = np.asarray(values)
+            if array.size == 0 and array.dtype == np.float64:  # [] or (): no dtype was given
+                array = array.astype(np.int64)
         if array.ndim != 1:
             raise ValueError(f"{name} must be 1-D (a sequence of row ids), got shape {array.shape}")
-        if array.size == 0:
-            array = array.astype(np.int64)
-        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        if array.dtype != object and (array.dtype == np.bool_ or
+                                      not np.issubdtype(array.dtype, np.integer)):
             raise TypeError(f"{name} must hold integer row ids, got dtype {array.dtype}")
+        array = _check_fits_int64(array, name, rows)
         t = torch.from_numpy(np.ascontiguousarray(array))
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise TypeError(f"{name} must hold integer row ids, got dtype {t.dtype}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got {t.device}")
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     return t.to(torch.int64).contiguous()
+
+
+class UpdateWork(NamedTuple):
+    """Work of the last update besides its row copies (counted, not timed)."""
+
+    mask_words_scanned: int  # 64-bit words of the mask read (N/64 per mask diff or rebuild scan)
+    copy_tasks: int  # parallel tasks that copied rows (1: the calling thread alone)
 
 
 class WeightCache:
@@ -94,8 +137,16 @@ class WeightCache:
     Views returned by the getters alias the live packed block: they reflect later updates and stay
     valid memory after the cache is gone. Pass ``copy=True`` (or call :meth:`snapshot`) for a copy
     that does not change. A view's shape is fixed when it is taken; take a new one after an update
-    that changes ``num_active``. All weights are float32, float16 or bfloat16, contiguous, on the
-    CPU. Not thread-safe.
+    that changes ``num_active``. The views are **read-only by contract**: the cache never reads the
+    packed block back, so a write into a view stays in that slot until an update rewrites it (a
+    corruption that :meth:`check_invariants` reports). All weights are float32, float16 or
+    bfloat16, contiguous, on the CPU; ``gate_weight`` and ``up_weight`` are [N, hidden_size].
+
+    Not thread-safe: use one cache per thread (or a lock). Two threads calling one cache at once
+    get ``RuntimeError`` ("... being updated by another thread") and the cache stays valid; several
+    threads may read (getters) at once while no update runs. A cache cannot be copied or pickled
+    (``copy.copy``, ``copy.deepcopy`` and ``pickle`` raise ``TypeError``): build a new one from the
+    weights, or take :meth:`snapshot` copies of the block.
     """
 
     def __init__(
@@ -115,28 +166,41 @@ class WeightCache:
         down_weight = _as_tensor(down_weight, "down_weight")
         gate = (torch.empty(0, dtype=up_weight.dtype) if gate_weight is None
                 else _as_tensor(gate_weight, "gate_weight"))
+        # Explicit settings go to the constructor, which then does not read their environment
+        # variables (a malformed WEIGHT_CACHE_GRAIN cannot block grain=...).
         self._cache: Any = torch.classes.paired.WeightCache(
-            _as_mask(mask), _as_int(hidden_size, "hidden_size"), gate, up_weight, down_weight, True
+            _as_mask(mask), _as_int(hidden_size, "hidden_size"), gate, up_weight, down_weight, True,
+            None if grain is None else _as_int(grain, "grain"),
+            None if par_threshold is None else _as_int(par_threshold, "par_threshold"),
+            None if hybrid_tau_frac is None else _as_float(hybrid_tau_frac, "hybrid_tau_frac"),
         )
-        if grain is not None:
-            self.grain = grain
-        if par_threshold is not None:
-            self.par_threshold = par_threshold
-        if hybrid_tau_frac is not None:
-            self.hybrid_tau_frac = hybrid_tau_frac
+        self._rows = int(up_weight.shape[0])
+        # Bound once: looking a method up on a ScriptObject costs about a microsecond per call.
+        self._update_mask = self._cache.update_active_weights
+        self._update_indices = self._cache.update_from_indices
 
     # ---- updates ----
     def update_active_weights(self, mask: MaskLike) -> None:
         """Make the active set equal ``mask`` (bool [N]); rewrites only the rows that must change."""
-        self._cache.update_active_weights(_as_mask(mask))
+        if type(mask) is torch.Tensor:  # fast path; the C++ side checks everything about it
+            self._update_mask(mask)
+        else:
+            self._update_mask(_as_mask(mask))
 
     def update_from_indices(self, added: IndexLike, removed: IndexLike) -> None:
         """Activate ``added`` and deactivate ``removed`` (row ids) in O(len(added) + len(removed)).
 
         Raises IndexError for an id outside [0, N) and ValueError for a duplicate, an added row that
-        is already active or a removed row that is not; the cache is then unchanged.
+        is already active or a removed row that is not; the cache is then unchanged. int64 CPU
+        tensors are passed on as they are (the fastest way to call this); anything else is
+        converted first.
         """
-        self._cache.update_from_indices(_as_indices(added, "added"), _as_indices(removed, "removed"))
+        if (type(added) is torch.Tensor and added.dtype is torch.int64
+                and type(removed) is torch.Tensor and removed.dtype is torch.int64):
+            self._update_indices(added, removed)  # the C++ side checks layout, device, shape
+        else:
+            self._update_indices(_as_indices(added, "added", self._rows),
+                                 _as_indices(removed, "removed", self._rows))
 
     # ---- seed-compatible getters ----
     def get_concat_weight(self, copy: bool = False) -> torch.Tensor:
@@ -175,9 +239,16 @@ class WeightCache:
         return self._cache.mask()
 
     def last_update_stats(self) -> UpdateStats:
-        """A, R, rows written (per buffer) and path ("noop", "paired", "rebuild") of the last update."""
+        """A, R, rows written (per buffer) and path ("noop", "paired", "rebuild") of the last update.
+
+        ``rows_written`` is W = max(A, h) on the paired path and m' on a hybrid rebuild.
+        """
         added, removed, rows_written, path, m_before, m_after = self._cache.last_update_stats()
         return UpdateStats(added, removed, rows_written, path, m_before, m_after)
+
+    def last_update_work(self) -> UpdateWork:
+        """Mask words read and parallel copy tasks of the last update (see :class:`UpdateWork`)."""
+        return UpdateWork(*self._cache.last_update_work())
 
     def pool_concat_weight(self) -> torch.Tensor:
         """[N, G+U] pool the cache gathers from (read-only; writing to it corrupts the cache)."""
@@ -188,8 +259,22 @@ class WeightCache:
         return self._cache.pool_down_weight_t()
 
     def check_invariants(self) -> None:
-        """O(N·row bytes) self-check of the bookkeeping and packed rows; raises RuntimeError."""
+        """O(N·row bytes) self-check of the bookkeeping and packed rows; raises RuntimeError.
+
+        It also catches a write into a view: every packed row must equal its pool row.
+        """
         self._cache.check_invariants()
+
+    def __copy__(self) -> WeightCache:
+        raise TypeError("a WeightCache cannot be copied (two wrappers would share one cache): "
+                        "build a new one from the weights, or use snapshot() for a copy of the block")
+
+    def __deepcopy__(self, memo: dict) -> WeightCache:
+        raise TypeError("a WeightCache cannot be deep-copied: build a new one from the weights, "
+                        "or use snapshot() for a copy of the block")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a WeightCache cannot be pickled: save the weights and the mask instead")
 
     # ---- settings ----
     @property

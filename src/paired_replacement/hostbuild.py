@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._buildflags import parallel_flags, torch_parallel_backend
 from ._extension import MANIFEST_NAME
 from .bench.hostinfo import compiler_version, cpu_model
 
@@ -35,12 +36,14 @@ BASE_FLAGS = ["-O3", "-DNDEBUG"]
 
 
 def host_flags(generic: bool) -> list[str]:
-    """Compiler flags for this host: -march=native (x86) / -mcpu=native (arm64) unless generic."""
+    """Compiler flags for this host: -march=native (x86) / -mcpu=native (arm64) unless generic,
+    then torch's parallel backend (-fopenmp with OpenMP, see _buildflags)."""
+    parallel = parallel_flags()[0]
     if generic:
-        return list(BASE_FLAGS)
+        return [*BASE_FLAGS, *parallel]
     machine = platform.machine().lower()
     native = "-mcpu=native" if machine in {"aarch64", "arm64"} else "-march=native"
-    return [*BASE_FLAGS, native]
+    return [*BASE_FLAGS, native, *parallel]
 
 
 def source_root() -> Path:
@@ -70,9 +73,12 @@ def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = Fa
     out_dir = Path(out_dir).resolve()
     root = source_root()
     flags = host_flags(generic)
+    ldflags = parallel_flags()[1]
     wanted = {
         "source_sha256": source_hash(root),
         "cxxflags": flags,
+        "ldflags": ldflags,
+        "parallel_backend": torch_parallel_backend(),
         "compiler": compiler_version(),
         "torch_version": torch.__version__,
     }
@@ -91,7 +97,8 @@ def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = Fa
     load_call = (
         "from torch.utils.cpp_extension import load; "
         f"load(name={LIBRARY_NAME!r}, sources={[str(root / s) for s in SOURCES]!r}, "
-        f"extra_cflags={[*flags, '-DPAIRED_REPLACEMENT_BUILD_FLAGS=' + ','.join(flags)]!r}, extra_include_paths={[str(root / 'csrc')]!r}, "
+        f"extra_cflags={[*flags, '-DPAIRED_REPLACEMENT_BUILD_FLAGS=' + ','.join(flags)]!r}, "
+        f"extra_ldflags={ldflags!r}, extra_include_paths={[str(root / 'csrc')]!r}, "
         f"build_directory={str(work)!r}, is_python_module=False, verbose={verbose!r})"
     )
     t0 = time.perf_counter()

@@ -137,12 +137,10 @@ def git_commit() -> str:
 
 def build_metadata() -> dict[str, str]:
     """compiler, build_flags, simd and build_source of the ops library this process loaded."""
-    import torch
-
     from .. import _extension  # imports torch: only the measuring commands need it
 
     library = _extension.load_extension()
-    info = dict(line.split("=", 1) for line in torch.ops.paired.build_info().splitlines() if "=" in line)
+    info = _extension.build_info()
     installed = library.name.startswith("_C.")
     return {"compiler": info.get("compiler", "unknown"), "build_flags": info.get("flags", "unknown"),
             "simd": info.get("simd", "unknown"),

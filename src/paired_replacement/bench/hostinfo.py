@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HOST_ENV = "PAIRED_REPLACEMENT_HOST"
@@ -117,6 +118,36 @@ def host_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "compiler": compiler_version(),
     }
+
+
+def _thread_cpu_clock(tid: int) -> int:
+    # Linux's clock id of another thread's CPU clock (MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)):
+    # read with clock_gettime it includes the running slice, unlike /proc's schedstat.
+    return (~tid << 3) | 6
+
+
+def thread_cpu_ns() -> dict[str, int]:
+    """CPU time used so far by each thread of this process, in ns, by thread id.
+
+    The way to verify that work ran in parallel: take it before and after, and compare the
+    per-thread differences. Reads each thread's CPU clock (exact to the ns), falling back to
+    /proc/self/task/*/schedstat (updated at scheduler ticks). Linux only; {} elsewhere.
+    """
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out[tid] = time.clock_gettime_ns(_thread_cpu_clock(int(tid)))
+        except (OSError, OverflowError, AttributeError):
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    out[tid] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended meanwhile
+    return out
 
 
 def _physical_cores() -> int | None:
