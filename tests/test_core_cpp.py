@@ -6,7 +6,7 @@
   with the x86 SIMD paths and once with the portable paths (-DPAIRED_REPLACEMENT_NO_SIMD).
 * ``test_header_compiles_standalone`` compiles ``csrc/paired_replacement/weight_cache.hpp`` on its
   own, with strict warnings and nothing but ``csrc`` on the include path (no torch), to prove it
-  stands alone.
+  stands alone; likewise ``csrc/paired_replacement/row_ffn.hpp`` (the no-packing sparse FFN).
 
 Both need ``g++`` on PATH and are skipped otherwise.
 """
@@ -22,6 +22,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEADER = "paired_replacement/weight_cache.hpp"
+ROW_FFN_HEADER = "paired_replacement/row_ffn.hpp"
 SELFTEST = "csrc/tests/core_selftest.cpp"
 
 GXX = shutil.which("g++")
@@ -86,6 +87,35 @@ _TUS = {
         "template void pr::WeightCache::update_from_indices<pr::SerialFor>(\n"
         "    const std::int64_t*, std::int64_t, const std::int64_t*, std::int64_t,\n"
         "    const pr::SerialFor&);\n"
+    ),
+    "row_ffn_include_only": f'#include "{ROW_FFN_HEADER}"\n',
+    # float rows (read in place) and 16-bit rows (the ToFloat conversion path; a bfloat16 bit
+    # pattern stands in for a torch type), both on SerialFor.
+    "row_ffn_instantiated": (
+        f'#include "{ROW_FFN_HEADER}"\n'
+        "#include <cstring>\n"
+        "namespace pr = paired_replacement;\n"
+        "struct FloatToFloat { float operator()(float v) const noexcept { return v; } };\n"
+        "struct Bf16ToFloat {\n"
+        "  float operator()(std::uint16_t v) const noexcept {\n"
+        "    const std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;\n"
+        "    float f;\n"
+        "    std::memcpy(&f, &bits, sizeof f);\n"
+        "    return f;\n"
+        "  }\n"
+        "};\n"
+        "template void pr::row_ffn<float, FloatToFloat, pr::SerialFor>(\n"
+        "    const float*, std::int64_t, std::int64_t, const float*, std::int64_t, const float*,\n"
+        "    std::int64_t, std::int64_t, const std::int64_t*, std::int64_t, bool, float*, float*,\n"
+        "    std::int64_t, const FloatToFloat&, const pr::SerialFor&);\n"
+        "template void pr::row_ffn<std::uint16_t, Bf16ToFloat, pr::SerialFor>(\n"
+        "    const std::uint16_t*, std::int64_t, std::int64_t, const std::uint16_t*, std::int64_t,\n"
+        "    const std::uint16_t*, std::int64_t, std::int64_t, const std::int64_t*, std::int64_t,\n"
+        "    bool, float*, float*, std::int64_t, const Bf16ToFloat&, const pr::SerialFor&);\n"
+        "template std::size_t pr::row_ffn_scratch_floats<float>(std::int64_t, std::int64_t, bool,\n"
+        "                                                       std::int64_t);\n"
+        "template std::size_t pr::row_ffn_scratch_floats<std::uint16_t>(std::int64_t, std::int64_t,\n"
+        "                                                               bool, std::int64_t);\n"
     ),
 }
 

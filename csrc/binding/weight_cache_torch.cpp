@@ -13,6 +13,7 @@
 #include <string>
 #include <tuple>
 
+#include "paired_replacement/row_ffn.hpp"
 #include "paired_replacement/weight_cache.hpp"
 
 namespace {
@@ -385,6 +386,84 @@ void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src
     body(0, dst_rows.numel());
 }
 
+// Element -> float for the row FFN, so that the core stays torch-free. By the bits, with the
+// core's branch-free conversions: c10::Half's own conversion is one scalar F16C instruction per
+// element, which keeps the row conversion loop from vectorizing (about 3x slower at H = 4096).
+struct RowFfnToFloat {
+  float operator()(float v) const noexcept { return v; }
+  float operator()(c10::Half v) const noexcept { return core::half_bits_to_float(v.x); }
+  float operator()(c10::BFloat16 v) const noexcept { return core::bfloat16_bits_to_float(v.x); }
+};
+
+// A 2-D matrix of rows for row_ffn: dtype like x, on the CPU, `cols` columns, unit column stride
+// (any row stride: padded rows are read in place).
+void check_row_matrix(const at::Tensor& t, const char* name, int64_t cols, at::ScalarType dtype,
+                      const char* layout) {
+  check_strided(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, " must have dtype ", dtype, " like x, got ",
+                   t.scalar_type());
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D [R, ", layout, "], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.size(1) == cols, name, " must have ", cols, " columns (", layout,
+                    "), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.stride(1) == 1 || t.size(1) <= 1, name,
+                    " must have contiguous rows (stride(1) == 1), got strides ", t.strides());
+}
+
+// The FFN of x [b, H] over the selected rows, read in place (see row_ffn.hpp): concat_rows
+// [R, 2H] (gate | up) or [R, H] (up, has_gate=false), down_rows [R, H] (rows of down^T), rows an
+// int64 list of ids in [0, R) (duplicates count twice) or None for all R rows. Computed in
+// float32 on ATen's intra-op threads; returns [b, H] in x's dtype.
+at::Tensor row_ffn(const at::Tensor& x, const at::Tensor& concat_rows, const at::Tensor& down_rows,
+                   const std::optional<at::Tensor>& rows, bool has_gate) {
+  check_strided(x, "x");
+  const at::ScalarType dtype = x.scalar_type();
+  TORCH_CHECK_TYPE(is_float_dtype(dtype), "x must be float32, float16 or bfloat16, got ", dtype);
+  check_cpu(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D [batch, hidden], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous (call .contiguous())");
+  const int64_t batch = x.size(0), hidden = x.size(1);
+  const int64_t cols = has_gate ? 2 * hidden : hidden;
+  check_row_matrix(concat_rows, "concat_rows", cols, dtype,
+                   has_gate ? "2 * hidden: gate | up" : "hidden: up, has_gate=False");
+  const int64_t num_rows = concat_rows.size(0);
+  check_row_matrix(down_rows, "down_rows", hidden, dtype, "hidden: rows of down^T");
+  TORCH_CHECK_VALUE(down_rows.size(0) == num_rows, "down_rows must have R = ", num_rows,
+                    " rows like concat_rows, got shape ", down_rows.sizes());
+  const int64_t* ids = nullptr;
+  int64_t count = num_rows;
+  if (rows.has_value() && rows->defined()) {
+    check_index_list(*rows, "rows");
+    ids = rows->data_ptr<int64_t>();
+    count = rows->numel();
+    for (int64_t i = 0; i < count; ++i)
+      TORCH_CHECK_INDEX(ids[i] >= 0 && ids[i] < num_rows, "rows[", i, "] = ", ids[i],
+                        " is out of range [0, ", num_rows, ")");
+  }
+  const int64_t row_bytes = (cols + hidden) * static_cast<int64_t>(x.element_size());
+  const int64_t tasks = core::row_ffn_tasks(
+      count, row_bytes, at::in_parallel_region() ? 1 : static_cast<int64_t>(at::get_num_threads()));
+  at::Tensor y = at::empty({batch, hidden}, x.options().dtype(at::kFloat));
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const auto scratch_floats = translate_errors(
+        [&] { return core::row_ffn_scratch_floats<T>(batch, hidden, has_gate, tasks); });
+    at::Tensor scratch = at::empty({static_cast<int64_t>(scratch_floats)}, y.options());
+    translate_errors([&] {
+      core::row_ffn(x.data_ptr<T>(), batch, hidden, concat_rows.data_ptr<T>(),
+                    concat_rows.stride(0), down_rows.data_ptr<T>(), down_rows.stride(0), num_rows,
+                    ids, count, has_gate, y.data_ptr<float>(), scratch.data_ptr<float>(), tasks,
+                    RowFfnToFloat{}, AtenParallelFor{});
+    });
+  };
+  switch (dtype) {
+    case at::kFloat: run(float{}); return y;
+    case at::kHalf: run(c10::Half{}); break;
+    default: run(c10::BFloat16{}); break;
+  }
+  return y.to(dtype);
+}
+
 #define PAIRED_REPLACEMENT_STR2(...) #__VA_ARGS__
 #define PAIRED_REPLACEMENT_STR(...) PAIRED_REPLACEMENT_STR2(__VA_ARGS__)
 
@@ -430,7 +509,8 @@ std::string build_info() {
 #else
          "unrecorded"
 #endif
-         + "\nsimd=" + simd + "\nparallel=" + parallel_backend() + "\n";
+         + "\nsimd=" + simd + "\nparallel=" + parallel_backend() +
+         "\nstreaming_min_bytes=" + std::to_string(core::kStreamingMinBytes) + "\n";
 }
 
 }  // namespace
@@ -469,5 +549,8 @@ TORCH_LIBRARY(paired, m) {
   m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows, "
         "bool streaming=False, bool parallel=False) -> ()");
   m.impl("copy_rows", c10::DispatchKey::CPU, TORCH_FN(copy_rows));
+  m.def("row_ffn(Tensor x, Tensor concat_rows, Tensor down_rows, Tensor? rows, bool has_gate) "
+        "-> Tensor");
+  m.impl("row_ffn", c10::DispatchKey::CPU, TORCH_FN(row_ffn));
   m.def("build_info() -> str", &build_info);
 }

@@ -31,7 +31,7 @@ LIBRARY_NAME = "paired_replacement_ops"
 # Sources are looked up next to the installed package first (editable install: the repository).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["csrc/binding/weight_cache_torch.cpp"]
-HEADERS = ["csrc/paired_replacement/weight_cache.hpp"]
+HEADERS = ["csrc/paired_replacement/weight_cache.hpp", "csrc/paired_replacement/row_ffn.hpp"]
 BASE_FLAGS = ["-O3", "-DNDEBUG"]
 
 

@@ -8,6 +8,8 @@ rule build:
     input:
         binding="csrc/binding/weight_cache_torch.cpp",
         core="csrc/paired_replacement/weight_cache.hpp",
+        row_ffn="csrc/paired_replacement/row_ffn.hpp",
+        flags="src/paired_replacement/_buildflags.py",
     output:
         manifest="results/hosts/{host}/build/manifest.json",
     log:
