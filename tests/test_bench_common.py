@@ -8,21 +8,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paired_replacement.bench import common, hostinfo
+from paired_replacement.bench import common, hostinfo, stats
 
 
-def test_summarize_matches_numpy_and_brackets_the_median():
+def test_summary_matches_numpy_and_brackets_the_median():
     values = np.random.default_rng(0).lognormal(size=101)
-    s = common.summarize(values, seed=1)
+    s = stats.summary([values], seed=1)
     assert s["median_s"] == np.median(values)
     q1, q3 = np.percentile(values, [25, 75])
     assert s["iqr_s"] == pytest.approx(q3 - q1)
     assert s["mean_s"] == pytest.approx(values.mean())
     assert s["stdev_s"] == pytest.approx(values.std(ddof=1))
     assert s["ci95_low_s"] < s["median_s"] < s["ci95_high_s"]
-    assert common.summarize(values, seed=1) == s  # seeded bootstrap: reproducible
-    with pytest.raises(ValueError, match="no timing values"):
-        common.summarize([])
+    assert stats.summary([values], seed=1) == s  # seeded bootstrap: reproducible
+    with pytest.raises(ValueError, match="no values"):
+        stats.summary([[]])
+
+
+def test_llc_size_is_the_largest_data_cache():
+    assert hostinfo._size_bytes("32768K") == 32 << 20
+    assert hostinfo._size_bytes("1M") == 1 << 20 and hostinfo._size_bytes("junk") == 0
+    caches = hostinfo.caches()
+    sizes = [hostinfo._size_bytes(c["size"]) for c in caches if c["type"] in ("Unified", "Data")]
+    assert hostinfo.llc_bytes() == (max(sizes) if sizes else 0) or not caches
 
 
 def test_config_hash_is_canonical():

@@ -4,17 +4,17 @@ argument checks. Tiny shapes; no timing is asserted."""
 from __future__ import annotations
 
 import math
-import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from paired_replacement.bench import common, e2e
+from paired_replacement.bench import common, e2e, timing
 
 TINY = ["--fast", "--rows", "128", "--hidden", "32", "--steps", "6", "--threads", "1"]
-ALL_METHODS = ["paired", "hybrid", "index_select", "dense"]
+ALL_METHODS = list(e2e.METHODS)
 
 
 @pytest.fixture(autouse=True)
@@ -30,24 +30,34 @@ def _tiny_config(**kw) -> e2e.Config:
     return e2e.Config(**{**base, **kw})
 
 
-def _fake_run_tasks(calls: list):
-    """run_tasks stand-in: times each task in this process through the real make_timer."""
+def _fake_run_groups(calls: list):
+    """run_groups stand-in: what one worker does, in this process (gate, then interleaved
+    rounds), through the real make_group and timing.measure."""
 
-    def fake(module, tasks, *, pyperf_json, options, build_dir=None, quiet=False, label="bench"):
-        calls.append(tasks)
+    def fake(module, groups, *, pyperf_json, options, build_dir=None, quiet=False, label="bench"):
+        calls.append(groups)
         assert module == e2e.MODULE
         out = {}
-        for task in tasks:
-            timer = e2e.make_timer(task, {"module": module, "tasks": tasks})
-            # pyperf divides by loops * inner_loops (the steps of one pass)
-            out[task["name"]] = [timer(loops) / (loops * task["inner_loops"]) for loops in (1, 2, 3)]
+        for index, group in enumerate(groups):
+            torch.set_num_threads(group["threads"])
+            built = e2e.make_group(group)
+            built.check()
+            got = timing.measure(built.operations, values=3, warmups=1, min_time=0.0,
+                                 fixed_loops=2, rng=np.random.default_rng(index))
+            result = timing.GroupResult(group["name"])
+            for name, g in got.items():
+                result.methods[name] = timing.MethodValues([g["loops"]], [g["values"]],
+                                                           [g["warmups"]])
+            result.load.append({"load_before": 0.0, "load_after": 0.0, "others_busy_cores": 0.0,
+                                "steal_percent": 0.0, "busy": False})
+            out[group["name"]] = result
         return out
 
     return fake
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI end to end (real pyperf workers)
+# CLI end to end (real worker processes)
 # ---------------------------------------------------------------------------------------------
 def test_e2e_cli_writes_valid_csv_with_every_method(tmp_path):
     out = tmp_path / "res" / "e2e.csv"
@@ -61,25 +71,32 @@ def test_e2e_cli_writes_valid_csv_with_every_method(tmp_path):
     assert frame["config_hash"].nunique() == 1
     assert (frame[["N", "m", "batch", "hidden", "steps"]].iloc[0].tolist() == [128, 16, 2, 32, 6])
     assert (frame["threads"] == 1).all()
-    med = dict(zip(frame["method"], frame["median_s"]))
-    for _, row in frame.iterrows():
-        assert row["median_s"] > 0 and row["n_values"] >= 1
-        assert math.isclose(row["speedup_vs_index_select"], med["index_select"] / row["median_s"],
-                            rel_tol=1e-9)
-        assert math.isclose(row["speedup_vs_dense"], med["dense"] / row["median_s"], rel_tol=1e-9)
-        assert row["active_mean"] >= 16 and row["k_mean"] > 0
-    # pyperf JSON next to the CSV, named relative to it; inner_loops = steps, so its values are
-    # seconds per step, the same numbers the CSV summarizes.
+    # the pyperf JSON next to the CSV holds the raw values, seconds per step; every ratio column
+    # is the median of the round-by-round ratios of those values
     pyperf_json = out.parent / frame["pyperf_json"].iloc[0]
     assert pyperf_json == out.with_name("e2e.pyperf.json") and pyperf_json.is_file()
     import pyperf
 
     suite = pyperf.BenchmarkSuite.load(str(pyperf_json))
-    assert len(suite.get_benchmarks()) == 4
-    for bench in suite.get_benchmarks():
-        method = bench.get_name().split()[1]
-        assert bench.get_metadata()["inner_loops"] == 6
-        assert math.isclose(statistics.median(bench.get_values()), med[method], rel_tol=1e-9)
+    raw = {b.get_name().split("/")[0]: np.concatenate([r.values for r in b.get_runs()])
+           for b in suite.get_benchmarks()}
+    assert set(raw) == set(ALL_METHODS)
+    for _, row in frame.iterrows():
+        mine = raw[row["method"]]
+        assert math.isclose(row["median_s"], float(np.median(mine)), rel_tol=1e-12)
+        for base in e2e.SPEEDUP_BASELINES:
+            assert math.isclose(row[f"speedup_vs_{base}"], float(np.median(raw[base] / mine)),
+                                rel_tol=1e-12)
+        assert row["active_mean"] >= 16 and row["k_mean"] > 0
+        if row["method"] in e2e.PACKED_TORCH_FFN:
+            assert row["floor_method"] == "ffn_floor"
+            assert math.isclose(row["efficiency_vs_floor"],
+                                float(np.median(raw["ffn_floor"] / mine)), rel_tol=1e-12)
+            assert row["plausible"] == (row["efficiency_vs_floor"] <= e2e.PLAUSIBLE_EFFICIENCY)
+        else:
+            assert math.isnan(row["efficiency_vs_floor"]) and row["plausible"]
+    roles = dict(zip(frame["method"], frame["role"]))
+    assert roles["paired"] == "headline" and roles["ffn_floor"] == "floor"
 
 
 def test_help_documents_the_options(capsys):
@@ -91,40 +108,45 @@ def test_help_documents_the_options(capsys):
     for option in ("--rows", "--m ", "--batch", "--gate", "--dtype", "--rho", "--beta", "--steps",
                    "--threads", "--methods", "--m-list", "--batch-list", "--hidden-list", "--fast"):
         assert option in text
+    for method in ALL_METHODS:
+        assert method in text
 
 
 # ---------------------------------------------------------------------------------------------
-# sweep (in process: the real make_timer, no pyperf subprocesses)
+# sweep (in process: the real make_group, no worker subprocesses)
 # ---------------------------------------------------------------------------------------------
-def test_sweep_expands_m_by_batch(tmp_path, monkeypatch, capsys):
+def test_sweep_expands_m_by_batch_by_threads(tmp_path, monkeypatch, capsys):
     calls: list = []
-    monkeypatch.setattr(e2e.timing, "run_tasks", _fake_run_tasks(calls))
+    monkeypatch.setattr(e2e.timing, "run_groups", _fake_run_groups(calls))
     out = tmp_path / "sweep.csv"
-    assert e2e.main_sweep(["--out", str(out), *TINY, "--m-list", "8", "16", "--batch-list", "1", "3",
-                           "--hidden-list", "32"]) == 0
+    argv = ["--out", str(out), *TINY, "--m-list", "8", "16", "--batch-list", "1", "3",
+            "--hidden-list", "32", "--methods", "paired", "torch_delta", "dense"]
+    argv[argv.index("--threads") + 1:argv.index("--threads") + 2] = ["1", "2"]
+    assert e2e.main_sweep(argv) == 0
     frame = common.validate_csv(out, "e2e")
-    assert len(calls) == 1 and len(calls[0]) == 4 * len(ALL_METHODS)  # one pyperf run for all
-    assert len(frame) == 4 * len(ALL_METHODS)
+    assert len(calls) == 1 and len(calls[0]) == 8  # one run: 4 (m, batch) x 2 thread counts
+    assert len(frame) == 8 * 3
     assert (frame["benchmark"] == "sweep").all()
-    assert frame["config_hash"].nunique() == 4
-    assert sorted(set(zip(frame["m"], frame["batch"]))) == [(8, 1), (8, 3), (16, 1), (16, 3)]
+    assert frame["config_hash"].nunique() == 8
+    assert sorted(set(zip(frame["m"], frame["batch"], frame["threads"]))) == [
+        (m, b, t) for m in (8, 16) for b in (1, 3) for t in (1, 2)]
     for _, group in frame.groupby("config_hash"):
-        assert sorted(group["method"]) == sorted(ALL_METHODS)
-        med = dict(zip(group["method"], group["median_s"]))
-        for _, row in group.iterrows():
-            assert math.isclose(row["speedup_vs_dense"], med["dense"] / row["median_s"], rel_tol=1e-9)
+        assert sorted(group["method"]) == ["dense", "paired", "torch_delta"]
+        assert (group.set_index("method").loc["dense", "speedup_vs_dense"] == 1.0)
     single = frame[frame["batch"] == 1]
     assert (single["active_mean"] == single["m"]).all()  # one token: exactly its top-m
-    assert "vs index_select" in capsys.readouterr().out  # the summary table
+    assert "vs torch_delta" in capsys.readouterr().out  # the summary table
 
 
 def test_speedup_is_empty_when_the_baseline_is_not_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(e2e.timing, "run_tasks", _fake_run_tasks([]))
+    monkeypatch.setattr(e2e.timing, "run_groups", _fake_run_groups([]))
     out = tmp_path / "e2e.csv"
     e2e.main(["--out", str(out), *TINY, "--m", "16", "--methods", "paired", "hybrid", "--quiet"])
     frame = common.validate_csv(out, "e2e")
     assert sorted(frame["method"]) == ["hybrid", "paired"]
-    assert frame["speedup_vs_index_select"].isna().all() and frame["speedup_vs_dense"].isna().all()
+    for base in e2e.SPEEDUP_BASELINES:
+        assert frame[f"speedup_vs_{base}"].isna().all()
+    assert frame["efficiency_vs_floor"].isna().all() and frame["plausible"].all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,14 +170,25 @@ class _ReluDense(e2e.DenseMethod):
         return act @ self.d.t()
 
 
-@pytest.mark.parametrize("name, wrong", [("paired", _StalePaired), ("dense", _ReluDense)])
+class _NoPackStaleRows(e2e.NoPackMethod):
+    """Wrong on purpose: reads the rows of mask 0 at every step."""
+
+    def step(self, t):
+        return torch.ops.paired.row_ffn(self.x[t], self.pool_c, self.pool_d, self.idx[0],
+                                        self.has_gate)
+
+
+@pytest.mark.parametrize("name, wrong", [("paired", _StalePaired), ("dense", _ReluDense),
+                                         ("no_pack", _NoPackStaleRows)])
 def test_gate_trips_on_a_wrong_method_and_nothing_is_timed(tmp_path, monkeypatch, name, wrong):
     monkeypatch.setitem(e2e.METHODS, name, wrong)
 
-    def no_timing(*args, **kwargs):
-        raise AssertionError("a wrong method reached the timer")
+    def gate_then_no_timing(module, groups, **kwargs):
+        for group in groups:  # what the first worker does before timing anything
+            e2e.make_group(group).check()
+        raise AssertionError("a wrong method passed the gate")
 
-    monkeypatch.setattr(e2e.timing, "run_tasks", no_timing)
+    monkeypatch.setattr(e2e.timing, "run_groups", gate_then_no_timing)
     out = tmp_path / "e2e.csv"
     with pytest.raises(common.CorrectnessError, match=name):
         e2e.main(["--out", str(out), *TINY, "--m", "16", "--batch", "2", "--quiet"])
@@ -169,17 +202,27 @@ def test_gate_accepts_every_method_in_every_dtype_with_and_without_gate():
             e2e.check_methods(problem, list(e2e.METHODS), common.Tuning())
 
 
-def test_make_timer_walks_ping_pong_and_refuses_other_masks():
+def test_group_walks_ping_pong_and_refuses_other_masks():
     config = _tiny_config()
     problem = e2e.make_problem(config)
-    task = {"name": "t", "method": "paired", "config": config.as_dict(),
-            "tuning": {"grain": 64, "par_threshold": 64, "hybrid_tau_frac": 0.5, "source": "default"},
-            "mask_sha256": e2e.mask_digest(problem.masks)}
-    timer = e2e.make_timer(task, {})
-    assert all(timer(loops) > 0 for loops in (1, 2, 3))  # odd + even passes: state stays valid
-    bad = e2e.make_timer({**task, "mask_sha256": "0" * 64}, {})
+    group = {"name": "t", "threads": 1, "methods": ["paired", "no_pack"], "config": config.as_dict(),
+             "tuning": {"grain": 64, "par_threshold": 64, "hybrid_tau_frac": 0.5, "source": "default"},
+             "mask_sha256": e2e.mask_digest(problem.masks)}
+    built = e2e.make_group(group)
+    references = e2e.reference_outputs(problem)["masked"]
+    paired = built.methods["paired"]
+    seen = []
+    original = paired.step
+    paired.step = lambda t: seen.append(t) or original(t)
+    op = built._operation(paired)  # the operation timing.measure calls, loop after loop
+    for _ in range(3 * 2 * config.steps):
+        op()
+    cycle = e2e.walk(problem)
+    assert seen == cycle * 3  # whole ping-pong cycles, never a repeated mask
+    y = paired.step(1)
+    torch.testing.assert_close(y.double(), references[1], rtol=2e-4, atol=2e-4)
     with pytest.raises(RuntimeError, match="masks differ"):
-        bad(1)
+        e2e.make_group({**group, "mask_sha256": "0" * 64})
 
 
 # ---------------------------------------------------------------------------------------------

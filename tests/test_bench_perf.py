@@ -150,6 +150,19 @@ def test_parse_cachegrind_out():
 # The CLI
 # ---------------------------------------------------------------------------------------------
 @needs_gxx
+def test_default_geometry_simulates_an_llc_smaller_than_the_default_workload():
+    """With a 32 MiB LL everything fit and no last-level miss was ever counted: the default LL
+    must be smaller than what the default configuration's updates touch."""
+    ll = perf.simulated_ll_bytes(perf.FIXED_GEOMETRY)
+    assert ll == 1 << 20
+    assert perf.simulated_ll_bytes("--I1=32768,8,64") == 0
+    args = perf.parse_args(["--out", "x.csv"])
+    for k in (16, 64, 256):  # config/config.yaml's perf.k
+        cfg = perf.Config(args.rows, args.active, k, args.hidden, args.gate, args.updates, 0)
+        for method in perf.METHODS:
+            assert perf.bytes_per_update(cfg, method) * cfg.updates > ll, (k, method)
+
+
 def test_cli_tiny_config(tmp_path, driver, driver_dir):
     out = tmp_path / "perf.csv"
     proc = run_cli(*TINY, "--k", "4", "8", "--out", str(out), "--driver-dir", str(driver_dir),
@@ -173,6 +186,11 @@ def test_cli_tiny_config(tmp_path, driver, driver_dir):
     if expected == "cachegrind":
         assert set(frame["event"]) == set(perf.CACHEGRIND_EVENTS)
         assert frame["value"].notna().all()
+        assert set(frame["sim_ll_bytes"]) == {1 << 20}  # the fixed geometry's LL
+    else:
+        assert set(frame["sim_ll_bytes"]) == {0}
+    rows_moved = frame["k"].where(frame["method"] == "paired", frame["m"])
+    assert (frame["bytes_per_update"] == 2 * rows_moved * 3 * frame["hidden"] * 4).all()
     per = frame[frame["event"] == event].set_index(["k", "method"])["per_update"]
     for k in (4, 8):
         assert 0 < per[(k, "paired")] < per[(k, "rebuild")], per

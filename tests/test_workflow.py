@@ -89,7 +89,7 @@ def test_dry_run_slurm_profiles_and_hosts(tmp_path):
     """A two-host cluster config through the SLURM profile: every host gets its own jobs, its
     benchmarks an exclusive node with its constraint and nodelist, its threads."""
     cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"hosts": {
+    cluster.write_text(yaml.safe_dump({"threads": [0, 1], "hosts": {
         "icx": {"slurm_constraint": "icelake", "slurm_nodelist": "node01", "threads": 32},
         "skl": {"threads": 16}}}))
     for profile in ("workflow/profiles/slurm", "workflow/profiles/slurm-noacct"):
@@ -102,8 +102,9 @@ def test_dry_run_slurm_profiles_and_hosts(tmp_path):
         out = result.stdout
         assert "slurm_extra=--exclusive --constraint=icelake --nodelist=node01" in out
         assert "PAIRED_REPLACEMENT_HOST=icx python -m paired_replacement.bench micro" in out
-        assert re.search(r"bench micro .*--threads 32 .*hosts/icx/micro\.csv", out)
-        assert re.search(r"bench micro .*--threads 16 .*hosts/skl/micro\.csv", out)
+        # threads [0, 1]: every core of the host's node, and one thread
+        assert re.search(r"bench micro .*--threads 32 1 .*hosts/icx/micro\.csv", out)
+        assert re.search(r"bench micro .*--threads 16 1 .*hosts/skl/micro\.csv", out)
 
 
 def test_slurm_noacct_profile_is_slurm_plus_squeue():

@@ -205,9 +205,11 @@ def bench_threads(wildcards):
 
 
 def torch_threads(wildcards, threads):
-    """--threads of the benchmarks: the host's `threads`, else the top-level `threads`, else
-    all cores of the job."""
-    return host_settings(wildcards.host).get("threads") or config["threads"] or threads
+    """--threads of the benchmarks: the top-level `threads` list, 0 meaning every core of the
+    job (the host's `threads` on a cluster), duplicates dropped."""
+    cores = host_settings(wildcards.host).get("threads") or threads
+    counts = [t or cores for t in config["threads"]]
+    return " ".join(str(t) for t in dict.fromkeys(counts))
 
 
 def _slurm_flags(host, exclusive):
@@ -304,6 +306,7 @@ def micro_args():
         ],
         ["--gate", *map(on_off, c["gate"]), "--dtype", *c["dtype"]],
         ["--pattern", *c["pattern"], "--beta", c["beta"], "--steps", c["steps"]],
+        ["--warm"] if c["warm"] else [],
         ["--methods", *c["methods"]],
     )
 

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -162,20 +162,6 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def summarize(values: Iterable[float], *, seed: int = 0, resamples: int = 2000) -> dict[str, float]:
-    """Median, IQR, mean, stdev and a 95% percentile-bootstrap CI of the median."""
-    v = np.asarray(list(values), dtype=float)
-    if v.size == 0:
-        raise ValueError("no timing values to summarize")
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(v, size=(resamples, v.size), replace=True), axis=1)
-    q1, q3 = np.percentile(v, [25, 75])
-    return {"n_values": int(v.size), "median_s": float(np.median(v)), "iqr_s": float(q3 - q1),
-            "ci95_low_s": float(np.percentile(medians, 2.5)),
-            "ci95_high_s": float(np.percentile(medians, 97.5)),
-            "mean_s": float(v.mean()), "stdev_s": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
 class Progress:
     """One line per finished configuration with an ETA; silent when quiet."""
 
@@ -226,18 +212,24 @@ class Tuning:
                 "hybrid_tau_frac": self.hybrid_tau_frac, "tuning_source": self.source}
 
 
-def load_autotune(path: str | Path, shape: dict | None = None) -> Tuning:
-    """The winning settings of an autotune JSON made on this host.
+def load_autotune(path: str | Path, shape: dict | None = None, threads: int | None = None) -> Tuning:
+    """The winning settings of an autotune JSON made on this host, for ``threads`` torch threads.
 
     Raises AutotuneError for a JSON from another host (its fingerprint differs) or a malformed
-    one; warns when it was tuned on a different shape than ``shape``.
+    one; warns when it was tuned on a different shape than ``shape``. A JSON without a winner for
+    ``threads`` gives the defaults (source says so): the tuning of one thread count does not carry
+    over to another.
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        host, winner = data["host"], data["winner"]
-        tuning = Tuning(int(winner["grain"]), int(winner["par_threshold"]),
-                        float(winner["hybrid_tau_frac"]), f"autotune:{path}")
+        host, winners = data["host"], data["winners"]
+        if threads is None:
+            threads = max(int(t) for t in winners)
+        winner = winners.get(str(threads))
+        tuning = None if winner is None else Tuning(
+            int(winner["grain"]), int(winner["par_threshold"]), float(winner["hybrid_tau_frac"]),
+            f"autotune:{path}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AutotuneError(f"{path}: not a usable autotune JSON ({exc})") from exc
     here = hostinfo.fingerprint()
@@ -250,16 +242,22 @@ def load_autotune(path: str | Path, shape: dict | None = None) -> Tuning:
     if shape is not None and any(data.get("shape", {}).get(k) != v for k, v in shape.items()):
         warnings.warn(f"{path} was tuned for shape {data.get('shape')}, this run uses {shape}; "
                       "using its settings anyway", stacklevel=2)
+    if tuning is None:
+        warnings.warn(f"{path} has no winner for {threads} thread(s) (tuned: "
+                      f"{sorted(int(t) for t in winners)}); using the defaults", stacklevel=2)
+        return Tuning(source=f"default (no autotune winner for {threads} threads)")
     return tuning
 
 
-def resolve_tuning(args: argparse.Namespace, shape: dict | None = None) -> Tuning:
-    """CLI values win; else the autotune JSON (unless --skip-autotune-json); else defaults."""
+def resolve_tuning(args: argparse.Namespace, shape: dict | None = None,
+                   threads: int | None = None) -> Tuning:
+    """CLI values win; else the autotune JSON's winner for ``threads`` (unless
+    --skip-autotune-json); else defaults."""
     cli = {k: getattr(args, k) for k in ("grain", "par_threshold", "hybrid_tau_frac")
            if getattr(args, k, None) is not None}
     base = Tuning()
     if args.autotune_json and not args.skip_autotune_json:
-        base = load_autotune(args.autotune_json, shape)
+        base = load_autotune(args.autotune_json, shape, threads)
     if cli:
         merged = {**base.columns(), **cli}
         return Tuning(int(merged["grain"]), int(merged["par_threshold"]),
@@ -275,14 +273,16 @@ def add_common_args(parser: argparse.ArgumentParser, *, tuning: bool = True) -> 
     out.add_argument("--out", required=True, help="CSV to write (pyperf JSON goes next to it)")
     out.add_argument("--quiet", action="store_true", help="no progress lines")
     timing = parser.add_argument_group("timing (pyperf)")
-    timing.add_argument("--processes", type=int, default=3, help="worker processes per benchmark")
-    timing.add_argument("--values", type=int, default=5, help="timed values per worker")
-    timing.add_argument("--warmups", type=int, default=1, help="discarded warm-up values per worker")
+    timing.add_argument("--processes", type=int, default=3,
+                        help="worker processes, one after the other (each times every method)")
+    timing.add_argument("--values", type=int, default=5,
+                        help="timed rounds per worker (a round times every method once)")
+    timing.add_argument("--warmups", type=int, default=1, help="discarded rounds per worker")
     timing.add_argument("--min-time", type=float, default=0.05,
-                        help="minimum seconds per value (pyperf calibrates the loop count)")
+                        help="minimum seconds per value (the loop count is calibrated per method)")
     timing.add_argument("--fast", action="store_true",
-                        help="1 process x 3 values of 8 loops, no calibration: smoke runs and tests "
-                        "only (every pyperf process pays ~2 s of torch import and data setup)")
+                        help="1 process x 3 rounds of 8 loops, no calibration: smoke runs and "
+                        "tests only (intervals then ignore between-process variation)")
     timing.add_argument("--seed", type=int, default=0, help="seed of the data and mask sequences")
     timing.add_argument("--build-dir", help="use the ops built here (paired-replacement-build)")
     if tuning:
@@ -298,9 +298,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, tuning: bool = True) -> 
 
 def timing_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.fast:
-        return {"processes": 1, "values": 3, "warmups": 1, "min_time": 0.01, "loops": 8}
+        return {"processes": 1, "values": 3, "warmups": 1, "min_time": 0.01, "loops": 8,
+                "seed": args.seed}
     return {"processes": args.processes, "values": args.values, "warmups": args.warmups,
-            "min_time": args.min_time, "loops": 0}
+            "min_time": args.min_time, "loops": 0, "seed": args.seed}
 
 
 def parse_bool_list(values: list[str]) -> list[bool]:

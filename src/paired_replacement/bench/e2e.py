@@ -12,27 +12,37 @@ Workload (all of it generated before any timing, seeded, identical for every met
   optionally smoothed per token slot, s_t = beta s_{t-1} + (1-beta) score_t (beta = 0: none); the
   mask is the union over the batch of every token's top-m, so the active count varies (>= m).
 
-Methods (``--methods``; module-level registry ``METHODS``):
+Methods (``--methods``; module-level registry ``METHODS``), all on the configuration's threads:
 
-- ``paired``       WeightCache.update_active_weights, hybrid rebuild disabled (tau = 2.0);
-- ``hybrid``       the same with the tuning's hybrid_tau_frac (rebuild by a gather when cheaper);
-- ``index_select`` a full gather of the active rows every step: torch.index_select(out=) from the
+- ``paired``        WeightCache.update_active_weights, hybrid rebuild disabled (tau = 2.0), then
+  the FFN on the packed block with torch matmuls;
+- ``paired_rowffn`` the same update, the FFN by ``torch.ops.paired.row_ffn`` over the packed rows
+  (the kernel ``no_pack`` uses: the two differ only in packing);
+- ``hybrid``        the paired cache with the tuning's hybrid_tau_frac (rebuild when cheaper);
+- ``torch_delta``   the same differential update in plain torch (baselines.TorchDeltaCache), then
+  the torch FFN: the strongest baseline a reviewer would write;
+- ``index_select``  a full gather of the active rows every step: torch.index_select(out=) from the
   cache's own pools (gate|up rows, transposed down) into preallocated [N, .] buffers;
-- ``dense``        the whole FFN over all N neurons (no mask), same packed layouts (gate|up rows
+- ``no_pack``       no packed block: ``row_ffn`` reads the active rows where they lie in the pools
+  (nothing to update; scattered reads every step) -- "why pack at all?";
+- ``ffn_floor``     the torch FFN alone on an already packed block of the step's size (no update):
+  the lower bound of every method that packs and then runs the torch FFN;
+- ``dense``         the whole FFN over all N neurons (no mask), same packed layouts (gate|up rows
   concatenated, down stored transposed).
 
-One timed step = the update to mask_t (sparse methods) + the FFN of x_t on the packed block:
+One timed step = the update to mask_t (packing methods) + the FFN of x_t:
 g, u = x @ W[:, :H].T, x @ W[:, H:].T with W the [m_t, G+U] concat weight; h = silu(g) * u (no gate:
 relu(x @ W.T)); y = h @ D.T with D the [H, m_t] down weight. The sequence is walked ping-pong
 (1..S, then S-1..0, ...), so every timed step is a real transition of the sequence.
 
-Units: one pyperf loop is one pass over the sequence, declared to pyperf as ``inner_loops =
-steps``, so pyperf's values (JSON and CSV alike) are seconds per decode *step*.
+Timing (timing.py): the methods of a configuration take turns, round by round, in several fresh
+worker processes; a value is seconds per decode step. Ratios are paired round by round with
+intervals over processes and rounds (stats.py); each row carries the host load around it.
 
-Before anything is timed, every method runs once through the whole ping-pong sequence in the
-calling process and its outputs are checked against a float64 reference (the dense FFN restricted
-to the mask for the sparse methods, the unrestricted dense FFN for ``dense``); a mismatch raises
-``common.CorrectnessError`` and nothing is timed or written.
+Before anything is timed, the first worker runs every method once through the whole ping-pong
+sequence and checks its outputs against a float64 reference (the dense FFN restricted to the mask
+for the sparse methods, the unrestricted dense FFN for ``dense``, the first |mask_t| rows for
+``ffn_floor``); a mismatch raises ``common.CorrectnessError`` and nothing is written.
 """
 
 from __future__ import annotations
@@ -43,7 +53,6 @@ import hashlib
 import itertools
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -54,8 +63,8 @@ import torch.nn.functional as F
 
 from .. import WeightCache
 from ..cache import DTYPES
-from . import common, timing
-from .timing import LazyTimer
+from . import common, load, stats, timing
+from .baselines import TorchDeltaCache
 
 MODULE = "paired_replacement.bench.e2e"
 # Correctness-gate tolerance per dtype: rtol, and atol as this fraction of the reference's RMS.
@@ -104,9 +113,20 @@ class Problem:
     x: torch.Tensor  # [steps + 1, batch, H]
     masks: torch.Tensor  # bool [steps + 1, N]
 
+    _pools: Any = dataclasses.field(default=None, repr=False)
+
     @property
     def steps(self) -> int:
         return self.masks.shape[0] - 1
+
+    def pools(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cache's pools for these weights (gate|up rows, down^T rows, padded), built once
+        and shared by every method of the problem that reads pool rows."""
+        if self._pools is None:
+            source = WeightCache(torch.zeros_like(self.masks[0]), self.config.hidden, self.gate,
+                                 self.up, self.down)
+            self._pools = (source.pool_concat_weight(), source.pool_down_weight_t())
+        return self._pools
 
     def order(self) -> tuple[list[int], list[int]]:
         """Steps of a forward pass (1..S) and of a backward pass (S-1..0)."""
@@ -199,11 +219,14 @@ def ffn(x: torch.Tensor, w: torch.Tensor, d: torch.Tensor, hidden: int, has_gate
 class _Method:
     """A method runs one decode step: ``step(t)`` updates to masks[t] and returns y [batch, H].
 
-    Built at mask 0 (the state the ping-pong walk starts from). ``sparse`` selects the reference
-    the correctness gate compares with (restricted to the mask, or the full dense FFN).
+    Built at mask 0 (the state the ping-pong walk starts from). ``reference`` names the output
+    the correctness gate compares with: the dense FFN restricted to the step's mask ("masked"),
+    the unrestricted dense FFN ("dense"), or the FFN over the first |mask_t| rows ("first_rows",
+    the FFN floor, whose rows are not the active ones: its time is what counts).
     """
 
-    sparse = True
+    reference = "masked"
+    role = "baseline"
 
     def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
         self.hidden = problem.config.hidden
@@ -219,6 +242,7 @@ class PairedMethod(_Method):
     """WeightCache with the hybrid rebuild disabled: every update writes only the changed rows."""
 
     tau: float | None = HYBRID_OFF
+    role = "headline"
 
     def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
         super().__init__(problem, tuning)
@@ -238,23 +262,54 @@ class HybridMethod(PairedMethod):
     """WeightCache with the tuning's hybrid_tau_frac (paired update or full gather, per step)."""
 
     tau = None
+    role = "policy"
 
 
-class IndexSelectMethod(_Method):
+class PairedRowFfnMethod(PairedMethod):
+    """The paired cache, with the FFN computed by the same row kernel as ``no_pack`` on the
+    packed block: against ``no_pack`` it isolates what packing costs and buys."""
+
+    role = "headline"
+
+    def step(self, t: int) -> torch.Tensor:
+        cache = self.cache
+        cache.update_active_weights(self.masks[t])
+        return torch.ops.paired.row_ffn(self.x[t], cache.get_concat_weight(),
+                                        cache.get_active_down_weight().t(), None, self.has_gate)
+
+
+class _PoolMethod(_Method):
+    """A method reading the cache's pools: the same layouts (and padding) as its packed block."""
+
+    def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
+        super().__init__(problem, tuning)
+        self.pool_c, self.pool_d = problem.pools()  # the views keep the pool memory alive
+        self.idx = [mask.nonzero().squeeze(1).contiguous() for mask in self.masks]
+
+
+class TorchDeltaMethod(_PoolMethod):
+    """The same differential update in plain torch (baselines.TorchDeltaCache), then the FFN."""
+
+    def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
+        super().__init__(problem, tuning)
+        self.delta = TorchDeltaCache(self.pool_c, self.pool_d, problem.masks[0])
+
+    def step(self, t: int) -> torch.Tensor:
+        delta = self.delta
+        delta.update_from_mask(self.masks[t])
+        return ffn(self.x[t], delta.concat_weight(), delta.down_weight(), self.hidden,
+                   self.has_gate)
+
+
+class IndexSelectMethod(_PoolMethod):
     """Full gather of the active rows each step, from the cache's own pools, into preallocated
     buffers (``torch.index_select(out=)``; the indices are precomputed, nothing is allocated)."""
 
     def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
         super().__init__(problem, tuning)
-        # Only the pools are used: the same layouts (and padding) as the cache's packed block.
-        self._cache = WeightCache(torch.zeros_like(problem.masks[0]), problem.config.hidden,
-                                  problem.gate, problem.up, problem.down)
-        self.pool_c = self._cache.pool_concat_weight()
-        self.pool_d = self._cache.pool_down_weight_t()
         n = self.pool_c.shape[0]
         self.buf_c = torch.empty(n, self.pool_c.shape[1], dtype=self.pool_c.dtype)
         self.buf_d = torch.empty(n, self.pool_d.shape[1], dtype=self.pool_d.dtype)
-        self.idx = [mask.nonzero().squeeze(1).contiguous() for mask in self.masks]
         self.out_c = [self.buf_c[: i.numel()] for i in self.idx]
         self.out_d = [self.buf_d[: i.numel()] for i in self.idx]
 
@@ -265,10 +320,31 @@ class IndexSelectMethod(_Method):
         return ffn(self.x[t], out_c, out_d.t(), self.hidden, self.has_gate)
 
 
+class NoPackMethod(_PoolMethod):
+    """No packed block at all: the FFN reads the active rows where they lie in the pools
+    (``torch.ops.paired.row_ffn`` with the step's row ids): nothing to update, scattered reads."""
+
+    def step(self, t: int) -> torch.Tensor:
+        return torch.ops.paired.row_ffn(self.x[t], self.pool_c, self.pool_d, self.idx[t],
+                                        self.has_gate)
+
+
+class FfnFloorMethod(_PoolMethod):
+    """The FFN alone (torch matmuls, as the packing methods run it) on an already packed block of
+    the step's size: the first |mask_t| pool rows, no update. No packing method can be faster."""
+
+    reference = "first_rows"
+    role = "floor"
+
+    def step(self, t: int) -> torch.Tensor:
+        m = self.idx[t].numel()
+        return ffn(self.x[t], self.pool_c[:m], self.pool_d[:m].t(), self.hidden, self.has_gate)
+
+
 class DenseMethod(_Method):
     """The full FFN over all N neurons (no mask), in the packed layouts: [N, G+U] and down^T."""
 
-    sparse = False
+    reference = "dense"
 
     def __init__(self, problem: Problem, tuning: common.Tuning) -> None:
         super().__init__(problem, tuning)
@@ -283,17 +359,27 @@ class DenseMethod(_Method):
 MethodFactory = Callable[[Problem, common.Tuning], Any]
 METHODS: dict[str, MethodFactory] = {
     "paired": PairedMethod,
+    "paired_rowffn": PairedRowFfnMethod,
     "hybrid": HybridMethod,
+    "torch_delta": TorchDeltaMethod,
     "index_select": IndexSelectMethod,
+    "no_pack": NoPackMethod,
+    "ffn_floor": FfnFloorMethod,
     "dense": DenseMethod,
 }
+#: baselines every row is compared with, round by round (when measured in the same group)
+SPEEDUP_BASELINES = ("torch_delta", "index_select", "no_pack", "dense")
+#: methods whose step is "make the packed block current, then the torch FFN on it": bounded
+#: from below by ffn_floor
+PACKED_TORCH_FFN = ("paired", "hybrid", "torch_delta", "index_select")
+PLAUSIBLE_EFFICIENCY = 1.25
 
 
 # ---------------------------------------------------------------------------------------------
 # Correctness gate
 # ---------------------------------------------------------------------------------------------
-def reference_outputs(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 (restricted to each step's mask, unrestricted) FFN outputs [T, batch, H]."""
+def reference_outputs(problem: Problem) -> dict[str, torch.Tensor]:
+    """float64 FFN outputs [T, batch, H] for each kind of ``_Method.reference``."""
     x = problem.x.double()
     u = torch.matmul(x, problem.up.double().t())  # [T, b, N]
     if problem.gate is not None:
@@ -301,70 +387,70 @@ def reference_outputs(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         act = torch.relu(u)
     down_t = problem.down.double().t()
-    dense = torch.matmul(act, down_t)
-    restricted = torch.matmul(act * problem.masks.unsqueeze(1).double(), down_t)
-    return restricted, dense
+    counts = problem.masks.sum(dim=1)
+    first = torch.arange(problem.masks.shape[1])[None, :] < counts[:, None]  # [T, N]
+    return {"dense": torch.matmul(act, down_t),
+            "masked": torch.matmul(act * problem.masks.unsqueeze(1).double(), down_t),
+            "first_rows": torch.matmul(act * first.unsqueeze(1).double(), down_t)}
+
+
+def walk(problem: Problem) -> list[int]:
+    """One ping-pong cycle of steps from mask 0 back to it: 1..S, then S-1..0."""
+    forward, backward = problem.order()
+    return forward + backward
+
+
+def check_method(name: str, method: _Method, problem: Problem,
+                 references: dict[str, torch.Tensor]) -> None:
+    """Runs ``method`` through one cycle; raises CorrectnessError on a mismatch."""
+    want_all = references[method.reference]
+    tol = TOLERANCE[problem.config.dtype]
+    for t in walk(problem):
+        got, want = method.step(t), want_all[t]
+        rms = float(want.pow(2).mean().sqrt()) or 1.0
+        common.check_close(name, f"y at step {t} ({problem.config.label()})", got, want,
+                           exact=False, rtol=tol, atol=tol * rms)
 
 
 def check_methods(problem: Problem, methods: list[str], tuning: common.Tuning,
                   quiet: bool = True) -> None:
-    """Runs each method through the ping-pong sequence once; raises CorrectnessError on a mismatch."""
-    restricted, dense = reference_outputs(problem)
-    tol = TOLERANCE[problem.config.dtype]
-    forward, backward = problem.order()
+    """Every method of ``methods`` through one cycle (built fresh at mask 0)."""
+    references = reference_outputs(problem)
     for name in methods:
-        factory = METHODS[name]
-        method = factory(problem, tuning)
-        want_all = restricted if getattr(factory, "sparse", True) else dense
-        for direction, order in (("forward", forward), ("backward", backward)):
-            for t in order:
-                got, want = method.step(t), want_all[t]
-                rms = float(want.pow(2).mean().sqrt()) or 1.0
-                common.check_close(name, f"y at step {t} ({direction}, {problem.config.label()})",
-                                   got, want, exact=False, rtol=tol, atol=tol * rms)
-        del method
+        check_method(name, METHODS[name](problem, tuning), problem, references)
         if not quiet:
             print(f"[check] {name}: {problem.config.label()} ok", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# pyperf timer (runs in the worker processes)
-# ---------------------------------------------------------------------------------------------
-def make_timer(task: dict, spec: dict) -> Callable[[int], float]:
-    """pyperf time function of ``task``: ``loops`` passes over the sequence (ping-pong).
+class E2EGroup:
+    """Every method of one configuration, built at mask 0 in a worker; see timing.Group."""
 
-    Setup (first call, untimed): thread count, workload, mask check against the calling process's
-    digest, the method at mask 0. Returns the seconds of ``loops`` passes of ``steps`` steps each.
-    """
+    def __init__(self, group: dict) -> None:
+        config = Config(**group["config"])
+        self.problem = make_problem(config)
+        digest = mask_digest(self.problem.masks)
+        if group.get("mask_sha256") not in (None, digest):
+            raise RuntimeError(f"{group['name']}: the regenerated masks differ from the ones the "
+                               "master saw (non-deterministic score matmul?); refusing to time "
+                               "other masks")
+        tuning = common.Tuning(**group["tuning"])
+        self.methods = {name: METHODS[name](self.problem, tuning) for name in group["methods"]}
+        self.operations = {name: self._operation(m) for name, m in self.methods.items()}
+        self.info: dict = {}
 
-    def setup() -> Callable[[int], float]:
-        config = Config(**task["config"])
-        torch.set_num_threads(config.threads)
-        problem = make_problem(config)
-        digest = mask_digest(problem.masks)
-        if task.get("mask_sha256") not in (None, digest):
-            raise RuntimeError(f"{task['name']}: the regenerated masks differ from the checked ones "
-                               "(non-deterministic score matmul?); refusing to time other masks")
-        tuning = common.Tuning(**task["tuning"])
-        step = METHODS[task["method"]](problem, tuning).step
-        passes = problem.order()
-        state = {"pass": 0}  # the cache state persists across calls: keep walking ping-pong
-        clock = time.perf_counter
+    def _operation(self, method: _Method) -> Callable[[], Any]:
+        targets = itertools.cycle(walk(self.problem)).__next__
+        step = method.step
+        return lambda: step(targets())
 
-        def run(loops: int) -> float:
-            direction = state["pass"]
-            t0 = clock()
-            for _ in range(loops):
-                for t in passes[direction]:
-                    step(t)
-                direction ^= 1
-            elapsed = clock() - t0
-            state["pass"] = direction
-            return elapsed
+    def check(self) -> None:
+        references = reference_outputs(self.problem)
+        for name, method in self.methods.items():
+            check_method(name, method, self.problem, references)
 
-        return run
 
-    return LazyTimer(setup)
+def make_group(group: dict) -> E2EGroup:
+    return E2EGroup(group)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,8 +502,9 @@ def _build_parser(sweep: bool) -> argparse.ArgumentParser:
                        help="EMA stickiness of the scores, in [0, 1); 0 = none (default 0)")
     shape.add_argument("--steps", type=_int_at_least(1), default=32,
                        help="decode steps in the sequence (default 32)")
-    shape.add_argument("--threads", type=_int_at_least(1), default=None,
-                       help=f"torch intra-op threads (default: torch's, here {torch.get_num_threads()})")
+    shape.add_argument("--threads", type=_int_at_least(1), nargs="+", default=None,
+                       help="torch intra-op thread counts, each a configuration of its own "
+                       f"(default: torch's, here {torch.get_num_threads()})")
     shape.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                        help=f"methods to time (default all: {' '.join(METHODS)})")
     common.add_common_args(parser)
@@ -453,13 +540,13 @@ def _parse(argv: list[str] | None, sweep: bool) -> argparse.Namespace:
     return args
 
 
-def _configs(args: argparse.Namespace, sweep: bool, threads: int) -> list[Config]:
+def _configs(args: argparse.Namespace, sweep: bool) -> list[Config]:
     if sweep:
         grid = itertools.product(args.hidden_list, args.m_list, args.batch_list)
     else:
         grid = [(args.hidden, args.m, args.batch)]
     seen, out = set(), []
-    for hidden, m, batch in grid:
+    for (hidden, m, batch), threads in itertools.product(grid, args.threads):
         config = Config(N=args.rows, m=m, batch=batch, hidden=hidden, gate=args.gate == "on",
                         dtype=args.dtype, rho=float(args.rho), beta=float(args.beta),
                         steps=args.steps, seed=args.seed, threads=threads)
@@ -469,60 +556,68 @@ def _configs(args: argparse.Namespace, sweep: bool, threads: int) -> list[Config
     return out
 
 
-def _ratio(num: float | None, den: float) -> float:
-    return float("nan") if num is None or not den > 0 else num / den
+def _ratio_columns(prefix: str, ratio: tuple[float, float, float] | None) -> dict[str, float]:
+    point, low, high = ratio if ratio is not None else (math.nan, math.nan, math.nan)
+    return {prefix: point, f"{prefix}_ci95_low": low, f"{prefix}_ci95_high": high}
 
 
 def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
-    """Checks, times and writes one e2e/sweep run; returns the CSV rows."""
+    """Times and writes one e2e/sweep run (the gate runs in the first worker); returns the rows."""
     sweep = benchmark == "sweep"
     if args.build_dir:
         from .._extension import load_extension
 
         load_extension(args.build_dir)
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)  # the masks are generated with the workers' thread count
+    args.threads = args.threads or [torch.get_num_threads()]
     out = Path(args.out)
     pyperf_json = out.with_name(out.stem + ".pyperf.json")
 
-    plans = []  # (config, tuning, config_hash, mask stats, tasks)
-    tasks: list[dict] = []
-    for config in _configs(args, sweep, threads):
-        tuning = common.resolve_tuning(args, {"N": config.N, "m": config.m, "hidden": config.hidden})
+    plans, groups = [], []
+    for config in _configs(args, sweep):
+        shape = {"N": config.N, "m": config.m, "hidden": config.hidden}
+        tuning = common.resolve_tuning(args, shape, threads=config.threads)
+        torch.set_num_threads(config.threads)  # masks come from matmuls: the workers' threads
         problem = make_problem(config)
-        check_methods(problem, args.methods, tuning, quiet=args.quiet)
-        digest = mask_digest(problem.masks)
-        stats = mask_stats(problem.masks)
+        digest, mstats = mask_digest(problem.masks), mask_stats(problem.masks)
         del problem
         chash = common.config_hash({**config.as_dict(), **tuning.columns()})
-        config_tasks = [{"name": f"{benchmark} {name} {config.label()} {chash}", "method": name,
-                         "config": config.as_dict(),
-                         "tuning": dataclasses.asdict(tuning),
-                         "mask_sha256": digest, "inner_loops": config.steps}
-                        for name in args.methods]
-        tasks += config_tasks
-        plans.append((config, tuning, chash, stats, config_tasks))
+        plans.append((config, tuning, chash, mstats))
+        groups.append({"name": chash, "threads": config.threads, "config": config.as_dict(),
+                       "tuning": dataclasses.asdict(tuning), "mask_sha256": digest,
+                       "methods": list(args.methods)})
 
-    values = timing.run_tasks(MODULE, tasks, pyperf_json=pyperf_json,
-                              options=common.timing_options(args), build_dir=args.build_dir,
-                              quiet=args.quiet, label=benchmark)
+    results = timing.run_groups(MODULE, groups, pyperf_json=pyperf_json,
+                                options=common.timing_options(args), build_dir=args.build_dir,
+                                quiet=args.quiet, label=benchmark)
     meta = common.run_metadata()
     rows = []
-    for config, tuning, chash, stats, config_tasks in plans:
-        summaries = {task["method"]: common.summarize(values[task["name"]])
-                     for task in config_tasks}
-        medians = {name: s["median_s"] for name, s in summaries.items()}
-        for name, summary in summaries.items():
+    for config, tuning, chash, mstats in plans:
+        result = results[chash]
+        values = {name: mv.values for name, mv in result.methods.items()}
+        load_columns = load.combine(result.load)
+        for name in result.methods:
+            summary = stats.summary(values[name], seed=args.seed)
+            speedups = {}
+            for base in SPEEDUP_BASELINES:
+                ratio = stats.ratio_interval(values[base], values[name], seed=args.seed) \
+                    if base in values else None
+                speedups.update(_ratio_columns(f"speedup_vs_{base}", ratio))
+            floor = "ffn_floor" if name in PACKED_TORCH_FFN and "ffn_floor" in values else None
+            efficiency = stats.ratio_interval(values[floor], values[name], seed=args.seed) \
+                if floor else None
             rows.append({
                 **meta, "threads": config.threads, "config_hash": chash,
                 **tuning.columns(), **summary,
                 "pyperf_json": pyperf_json.name,  # next to the CSV: relative path = name
-                "benchmark": benchmark, "method": name, "N": config.N, "m": config.m,
+                "benchmark": benchmark, "method": name, "role": METHODS[name].role,
+                "N": config.N, "m": config.m,
                 "batch": config.batch, "hidden": config.hidden, "gate": config.gate,
                 "dtype": config.dtype, "rho": config.rho, "beta": config.beta, "steps": config.steps,
-                "active_mean": stats["active_mean"], "k_mean": stats["k_mean"],
-                "speedup_vs_index_select": _ratio(medians.get("index_select"), summary["median_s"]),
-                "speedup_vs_dense": _ratio(medians.get("dense"), summary["median_s"]),
+                "active_mean": mstats["active_mean"], "k_mean": mstats["k_mean"],
+                **speedups, "floor_method": floor or "none",
+                **_ratio_columns("efficiency_vs_floor", efficiency),
+                "plausible": efficiency is None or efficiency[0] <= PLAUSIBLE_EFFICIENCY,
+                **load_columns,
             })
     common.write_csv(rows, out, "e2e")
     if not args.quiet:
@@ -532,7 +627,13 @@ def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
 
 
 def format_summary(rows: list[dict]) -> str:
-    """A short text table: per configuration, method, median ms/step, speedups, k_mean."""
+    """A short text table: per configuration, method, median ms/step, speedups with intervals."""
+    def fmt(r: dict, prefix: str) -> str:
+        v = r[prefix]
+        if v is None or math.isnan(v):
+            return "-"
+        return f"{v:.2f}x [{r[prefix + '_ci95_low']:.2f}, {r[prefix + '_ci95_high']:.2f}]"
+
     lines = []
     for chash, group in itertools.groupby(rows, key=lambda r: r["config_hash"]):
         group = list(group)
@@ -540,16 +641,16 @@ def format_summary(rows: list[dict]) -> str:
         lines.append(f"N={r0['N']} m={r0['m']} batch={r0['batch']} hidden={r0['hidden']} "
                      f"gate={'on' if r0['gate'] else 'off'} {r0['dtype']} rho={r0['rho']:g} "
                      f"beta={r0['beta']:g} steps={r0['steps']} threads={r0['threads']} "
-                     f"active_mean={r0['active_mean']:.1f} [{chash}]")
-        lines.append(f"  {'method':<13} {'ms/step':>10} {'IQR ms':>9} {'vs index_select':>16} "
-                     f"{'vs dense':>9} {'k_mean':>8}")
+                     f"active_mean={r0['active_mean']:.1f} k_mean={r0['k_mean']:.1f} "
+                     f"{'HOST BUSY ' if r0['busy'] else ''}[{chash}]")
+        lines.append(f"  {'method':<14} {'ms/step':>9} {'vs torch_delta':>22} {'vs index_select':>22} "
+                     f"{'vs no_pack':>22} {'vs dense':>22} {'flags':>6}")
         for r in group:
-            def fmt(v: float) -> str:
-                return "-" if v is None or math.isnan(v) else f"{v:.2f}x"
-
-            lines.append(f"  {r['method']:<13} {r['median_s'] * 1e3:>10.4f} {r['iqr_s'] * 1e3:>9.4f} "
-                         f"{fmt(r['speedup_vs_index_select']):>16} {fmt(r['speedup_vs_dense']):>9} "
-                         f"{r['k_mean']:>8.1f}")
+            flag = "" if r["plausible"] else "IMPLAUSIBLE"
+            lines.append(f"  {r['method']:<14} {r['median_s'] * 1e3:>9.4f} "
+                         f"{fmt(r, 'speedup_vs_torch_delta'):>22} "
+                         f"{fmt(r, 'speedup_vs_index_select'):>22} "
+                         f"{fmt(r, 'speedup_vs_no_pack'):>22} {fmt(r, 'speedup_vs_dense'):>22} {flag}")
     return "\n".join(lines)
 
 

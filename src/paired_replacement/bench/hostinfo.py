@@ -68,6 +68,21 @@ def caches() -> list[dict]:
     return out
 
 
+def _size_bytes(text: str) -> int:
+    """'32768K' / '1M' / '512' (sysfs cache sizes) -> bytes; 0 when unreadable."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text or "")
+    if not match:
+        return 0
+    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2)]
+
+
+def llc_bytes() -> int:
+    """Size of the last-level cache CPU 0 sees (the highest level holding data), or 0 unknown."""
+    levels = [(int(c["level"]), _size_bytes(c["size"])) for c in caches()
+              if c["level"].isdigit() and c["type"] in ("Unified", "Data")]
+    return max(levels)[1] if levels else 0
+
+
 def governor() -> str:
     try:
         return (_SYS_CPU / "cpu0/cpufreq/scaling_governor").read_text().strip()

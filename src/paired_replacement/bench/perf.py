@@ -19,8 +19,11 @@ Counter sources (``--source auto`` tries them in this order; a forced one is use
   around the update loop, so only the updates are counted. Events perf reports as
   ``<not supported>``/``<not counted>`` are rows with source hw and an empty value.
 * ``cachegrind`` — valgrind's simulated caches (``--cache-sim=yes``) with a fixed geometry by default
-  (FIXED_GEOMETRY: 32 KiB L1s, 32 MiB LL) so that hosts compare; valgrind would otherwise derive
-  it from the CPUID, which gives odd results on some VMs). Valgrind 3.19 has no client request to start
+  (FIXED_GEOMETRY: 32 KiB L1s and a 1 MiB LL, smaller than the bytes the counted updates touch at
+  the default shape, so last-level misses are real; a 32 MiB LL held everything and counted none)
+  so that hosts compare; valgrind would otherwise derive it from the CPUID, which gives odd results
+  on some VMs. The command warns when a configuration's updates fit the simulated LL (the CSV's
+  ``sim_ll_bytes`` and ``bytes_per_update`` let a reader check). Valgrind 3.19 has no client request to start
   instrumentation late, so each method runs twice with the same seed and the same pre-generated
   chain: once with ``--updates U`` and once with ``--updates 0`` (zero-padded to the same argv
   length), and the counts of the U updates are the difference. The setup is deterministic, so the
@@ -30,6 +33,11 @@ Counter sources (``--source auto`` tries them in this order; a forced one is use
   memcpy variant may differ from a native run).
 * ``unavailable`` — neither works: rows carry the event names of the first source asked for and
   empty values. Lack of counters never fails the command (exit 0, with a warning line).
+
+What is counted: ``paired`` is the cache's paired update (k rows written per buffer); ``rebuild``
+is the core's own full gather of all m rows (a memcpy per row, the same copy code as the ``micro``
+benchmark's ``rebuild_floor``): the torch-free equivalent of that floor, *not* ``index_select``,
+whose ATen kernel a torch-free driver cannot run.
 
 One row per (configuration, method, event) with ``value`` (total over the U updates) and
 ``per_update``; the meta columns describe the driver (compiler, flags, SIMD level, binary), not
@@ -76,7 +84,13 @@ def warn(message: str) -> None:
 
 # Simulated caches of a typical server core, identical on every host so cachegrind counts compare
 # (valgrind derives odd geometries from some VMs' CPUID, e.g. a 320 MB direct-mapped LL here).
-FIXED_GEOMETRY = "--I1=32768,8,64 --D1=32768,8,64 --LL=33554432,16,64"
+FIXED_GEOMETRY = "--I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64"
+
+
+def simulated_ll_bytes(cachegrind_args: str) -> int:
+    """The LL size an --LL=size,assoc,line option sets, or 0 when the geometry is the host's."""
+    match = re.search(r"--LL=(\d+),", cachegrind_args or "")
+    return int(match.group(1)) if match else 0
 
 
 @dataclass(frozen=True)
@@ -384,7 +398,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="perf stat events of source hw (comma-separated)")
     src.add_argument("--cachegrind-args", default=FIXED_GEOMETRY,
                      help="valgrind options; the default fixes the simulated geometry (32 KiB "
-                          "8-way L1s, 32 MiB 16-way LL) so hosts compare; pass "
+                          "8-way L1s, 1 MiB 16-way LL: below the bytes the updates touch) so "
+                          "hosts compare; pass "
                           "--cachegrind-args='' for the host-derived one (with '=': the value "
                           "starts with --)")
     src.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -414,13 +429,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def bytes_per_update(cfg: Config, method: str) -> int:
+    """Bytes one counted update reads and writes: k (paired) or m (rebuild) rows of gate|up and
+    down^T, read from the pool and written to the packed block (float32)."""
+    rows = cfg.k if method == "paired" else cfg.active
+    return 2 * rows * (3 if cfg.gate else 2) * cfg.hidden * 4
+
+
 def _row(meta: dict, cfg: Config, method: str, source: str, event: str,
-         value: float | None) -> dict:
+         value: float | None, sim_ll: int) -> dict:
     config = {"benchmark": "perf", **asdict(cfg), "dtype": "float32", "source": source}
     return {**meta, "threads": 1, "config_hash": common.config_hash(config), "benchmark": "perf",
             "method": method, "N": cfg.rows, "m": cfg.active, "k": cfg.k, "hidden": cfg.hidden,
             "gate": cfg.gate, "dtype": "float32", "updates": cfg.updates, "source": source, "event": event,
-            "value": value, "per_update": None if value is None else value / cfg.updates}
+            "value": value, "per_update": None if value is None else value / cfg.updates,
+            "sim_ll_bytes": sim_ll if source == "cachegrind" else 0,
+            "bytes_per_update": bytes_per_update(cfg, method)}
 
 
 def _metadata(driver: Path | None, simd: str | None, cxx: str) -> dict:
@@ -545,11 +569,16 @@ def main(argv: list[str] | None = None) -> int:
     elif all(src == "unavailable" for _, _, src, _ in pending):
         warn("no counter source available here: rows are marked 'unavailable' with empty values")
     meta = _metadata(driver, simd, cxx)
+    sim_ll = simulated_ll_bytes(args.cachegrind_args)
     for cfg, method, source, counts in pending:
+        if source == "cachegrind" and sim_ll and bytes_per_update(cfg, method) * cfg.updates <= sim_ll:
+            warn(f"{method} {cfg.label()}: its {cfg.updates} updates touch at most "
+                 f"{bytes_per_update(cfg, method) * cfg.updates} bytes, which fit the simulated "
+                 f"{sim_ll}-byte LL: its last-level misses say little")
         events = fallback_events if counts is None else list(counts)
         for event in events:
             rows.append(_row(meta, cfg, method, source, event,
-                             None if counts is None else counts[event]))
+                             None if counts is None else counts[event], sim_ll))
     common.write_csv(rows, args.out, "perf")
     if not args.quiet:
         print_table(rows)
