@@ -9,18 +9,26 @@ Row selection, shared by figures, tables and numbers so that they all talk about
 
 * **micro selection** (:func:`micro_selection`): pattern ``uniform``, gate on, the *first dtype*
   (the dtype of the first such row in merged order, i.e. the first ``--dtype`` of the
-  alphabetically first host that ran it), and per host its *default threads* = the largest thread
-  count that host measured (the benchmarks default to torch's intra-op count, i.e. all cores; a
-  thread sweep only adds smaller counts).
+  alphabetically first host that ran it), every thread count (the study measures each
+  configuration at several thread counts, e.g. 1 and 2; they are shown side by side, never mixed).
 * **primary configuration** (:func:`primary_config`): in the micro selection, the (N, m, hidden)
   with the most rows over all hosts (ties: the first in merged order), on the first host
-  alphabetically that has it, at that host's default threads. Micro figures and the micro table
-  show every host at the primary (N, m) (a host without it: at its own most measured (N, m),
-  named in the panel / a column); ``cross_host`` shows the hosts that measured the primary
-  (N, m, hidden) and names the others.
+  alphabetically that has it, at every thread count that host measured there. Micro figures and
+  the micro table show every host at the primary (N, m) (a host without it: at its own most
+  measured (N, m), named in the panel / a column); ``cross_host`` shows the hosts that measured
+  the primary (N, m, hidden), each at its largest thread count (:func:`default_threads`).
 * **e2e selection** (:func:`e2e_selection`): per host its ``sweep`` rows, or its ``e2e`` rows when
-  it has no sweep; then the most frequent (N, hidden, gate, dtype, rho, beta) of that host, at its
-  default threads.
+  it has no sweep; then the most frequent (N, hidden, gate, dtype, rho, beta) of that host, every
+  thread count.
+
+Comparisons and exclusions (:func:`comparison`): a ratio column of a method's row (e.g. paired's
+``speedup_vs_torch_delta``) with its 95% interval *as the benchmark wrote it* (paired-sample
+ratios round by round, hierarchical bootstrap over processes then rounds; nothing is recomputed
+here), plus why it is excluded from headline numbers: ``implausible`` when the method's row or
+the baseline's row has ``plausible = false`` (faster than a memcpy of its own rows: a measurement
+error until explained), ``busy`` when measured while other processes used the host
+(``busy = true``). Methods of role ``naive`` (bool_mask) or ``reference`` (numpy_reference) are
+never headline methods (:data:`NEVER_HEADLINE_ROLES`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.c
 HOSTINFO = "hostinfo.json"
 
 _TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+#: boolean columns whose empty cell means true (``plausible``: not flagged when not judged)
+_EMPTY_TRUE = {"plausible"}
 
 
 def schema_types(name: str) -> dict[str, str]:
@@ -55,7 +66,8 @@ def empty_frame(name: str) -> pd.DataFrame:
 
 
 def coerce(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The schema's types: integers/numbers as float (NaN where empty), booleans as bool,
+    """The schema's types: integers/numbers as float (NaN where empty), booleans as bool (an
+    empty cell is false, except in ``plausible``, where it is true: not judged is not flagged),
     strings as str ('' where empty)."""
     out = frame.copy()
     for col, kind in schema_types(name).items():
@@ -64,7 +76,11 @@ def coerce(frame: pd.DataFrame, name: str) -> pd.DataFrame:
         if kind in ("integer", "number"):
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
         elif kind == "boolean":
-            out[col] = out[col].map(lambda v: str(v).strip().lower() in _TRUE).astype(bool)
+            if col in _EMPTY_TRUE:
+                out[col] = out[col].map(lambda v: str(v).strip().lower() not in _FALSE)
+            else:
+                out[col] = out[col].map(lambda v: str(v).strip().lower() in _TRUE)
+            out[col] = out[col].astype(bool)
         else:
             out[col] = out[col].map(lambda v: "" if v is None or (isinstance(v, float)
                                                                and math.isnan(v)) else str(v))
@@ -142,18 +158,32 @@ def default_threads(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["threads"] == top]
 
 
+def thread_counts(frame: pd.DataFrame) -> list[int]:
+    """The thread counts ``frame`` holds, ascending."""
+    return sorted(int(t) for t in frame["threads"].dropna().unique())
+
+
+def threads_text(counts) -> str:
+    """'1 thread', '1 and 2 threads', '1, 2 and 4 threads' (plain text)."""
+    counts = [int(c) for c in counts]
+    if not counts:
+        return "no threads"
+    words = [str(c) for c in counts]
+    joined = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{joined} thread" + ("" if counts == [1] else "s")
+
+
 def first_dtype(micro: pd.DataFrame) -> str | None:
     rows = micro[(micro["pattern"] == "uniform") & micro["gate"]]
     return None if rows.empty else str(rows["dtype"].iloc[0])
 
 
 def micro_selection(micro: pd.DataFrame) -> pd.DataFrame:
-    """Uniform pattern, gate on, first dtype, per-host default threads (all N, m, hidden, k)."""
+    """Uniform pattern, gate on, first dtype, every thread count (all N, m, hidden, k)."""
     dtype = first_dtype(micro)
     if dtype is None:
         return micro.iloc[0:0]
-    rows = micro[(micro["pattern"] == "uniform") & micro["gate"] & (micro["dtype"] == dtype)]
-    return default_threads(rows)
+    return micro[(micro["pattern"] == "uniform") & micro["gate"] & (micro["dtype"] == dtype)]
 
 
 @dataclass(frozen=True)
@@ -165,7 +195,7 @@ class Primary:
     m: int
     hidden: int
     dtype: str
-    threads: int
+    threads: tuple[int, ...]  # every thread count the host measured there, ascending
 
 
 def primary_config(micro: pd.DataFrame) -> Primary | None:
@@ -176,8 +206,16 @@ def primary_config(micro: pd.DataFrame) -> Primary | None:
     n, m, hidden = mode_key(rows, ["N", "m", "hidden"])
     rows = where(rows, N=n, m=m, hidden=hidden)
     host = sorted(rows["host_id"].unique())[0]
-    threads = rows.loc[rows["host_id"] == host, "threads"].max()
-    return Primary(str(host), int(n), int(m), int(hidden), dtype, int(threads))
+    threads = tuple(thread_counts(rows[rows["host_id"] == host]))
+    return Primary(str(host), int(n), int(m), int(hidden), dtype, threads)
+
+
+def primary_rows(micro: pd.DataFrame, primary: Primary | None) -> pd.DataFrame:
+    """P's own rows: its host, (N, m, hidden), uniform, gate on, its dtype, every thread count."""
+    if primary is None:
+        return micro.iloc[0:0]
+    return where(micro_selection(micro), host_id=primary.host, N=primary.N, m=primary.m,
+                 hidden=primary.hidden)
 
 
 def micro_figure_rows(micro: pd.DataFrame) -> tuple[pd.DataFrame, Primary | None]:
@@ -211,7 +249,7 @@ E2E_FIXED = ["N", "hidden", "gate", "dtype", "rho", "beta"]
 
 def e2e_selection(e2e: pd.DataFrame) -> pd.DataFrame:
     """Per host: its sweep rows (else its e2e rows), most frequent (N, hidden, gate, dtype, rho,
-    beta), default threads."""
+    beta), every thread count."""
     parts = []
     for host in sorted(e2e["host_id"].unique()):
         rows = e2e[e2e["host_id"] == host]
@@ -220,33 +258,118 @@ def e2e_selection(e2e: pd.DataFrame) -> pd.DataFrame:
         key = mode_key(rows, E2E_FIXED)
         if key is None:
             continue
-        rows = where(rows, **dict(zip(E2E_FIXED, key)))
-        parts.append(default_threads(rows))
+        parts.append(where(rows, **dict(zip(E2E_FIXED, key))))
     return pd.concat(parts) if parts else e2e.iloc[0:0]
 
 
 # ---------------------------------------------------------------------------------------------
-# Confidence intervals of ratios
+# Intervals, flags and comparisons
 # ---------------------------------------------------------------------------------------------
-def ratio_bounds(ratio, median, ci_low, ci_high) -> tuple[np.ndarray, np.ndarray]:
-    """95% bounds of ``ratio = reference_median / median`` from this row's CI of its median.
-
-    The reference median is recovered as ``ratio * median`` and treated as exact, so the bounds
-    are ``[reference / ci_high, reference / ci_low]``: the interval of the ratio caused by the
-    uncertainty of this method's median alone (the reference's own CI is not propagated; the
-    interval is an approximation, good when the reference is much tighter or similar)."""
-    ratio, median = np.asarray(ratio, float), np.asarray(median, float)
-    lo, hi = np.asarray(ci_low, float), np.asarray(ci_high, float)
-    reference = ratio * median
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lower = np.where(hi > 0, reference / hi, np.nan)
-        upper = np.where(lo > 0, reference / lo, np.nan)
-    return lower, upper
+#: roles whose methods never enter headline numbers (bool_mask: naive; numpy_reference: oracle)
+NEVER_HEADLINE_ROLES = ("naive", "reference")
+#: why a point is kept out of headline numbers, in the order they are reported
+REASONS = ("implausible", "busy")
 
 
-def with_ratio_bounds(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """``frame`` plus ``<column>_lo`` / ``<column>_hi`` (see :func:`ratio_bounds`)."""
-    out = frame.copy()
-    lo, hi = ratio_bounds(out[column], out["median_s"], out["ci95_low_s"], out["ci95_high_s"])
-    out[column + "_lo"], out[column + "_hi"] = lo, hi
+def ci_columns(column: str) -> tuple[str, str]:
+    """The columns of the 95% interval the benchmark wrote for ``column``."""
+    if column == "median_s":
+        return "ci95_low_s", "ci95_high_s"
+    if column == "gain_vs_default":
+        return "gain_ci95_low", "gain_ci95_high"
+    return f"{column}_ci95_low", f"{column}_ci95_high"
+
+
+def interval(row, column: str) -> tuple[float, float, float]:
+    """(point, low, high) of ``column`` in ``row`` (NaN where absent)."""
+    low, high = ci_columns(column)
+
+    def get(name):
+        try:
+            return float(row[name])
+        except (KeyError, TypeError, ValueError):
+            return math.nan
+    return get(column), get(low), get(high)
+
+
+def headline_methods(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the rows of naive / reference methods (never in headline numbers)."""
+    if "role" not in frame.columns:
+        return frame
+    return frame[~frame["role"].isin(NEVER_HEADLINE_ROLES)]
+
+
+def row_reasons(row) -> list[str]:
+    """Why this row is kept out of headline numbers: [], ['implausible'], ['busy'] or both."""
+    reasons = []
+    if "plausible" in row.index and not bool(row["plausible"]):
+        reasons.append("implausible")
+    if "busy" in row.index and bool(row["busy"]):
+        reasons.append("busy")
+    return reasons
+
+
+def flagged(frame: pd.DataFrame) -> pd.Series:
+    """True on rows that must stay out of headline numbers (implausible or busy)."""
+    out = pd.Series(False, index=frame.index)
+    if "plausible" in frame.columns:
+        out |= ~frame["plausible"].astype(bool)
+    if "busy" in frame.columns:
+        out |= frame["busy"].astype(bool)
     return out
+
+
+def verdict(point: float, low: float, high: float) -> str:
+    """What a ratio's 95% interval says against 1: 'faster' (above 1), 'slower' (below 1),
+    'tie' (contains 1: within noise) or 'missing'. Without an interval: the point decides."""
+    if not np.isfinite(point):
+        return "missing"
+    if np.isfinite(low) and np.isfinite(high):
+        return "faster" if low > 1.0 else ("slower" if high < 1.0 else "tie")
+    return "faster" if point > 1.0 else ("slower" if point < 1.0 else "tie")
+
+
+#: the columns naming one configuration of a timed table (besides the method)
+CONFIG_KEY = ["host_id", "benchmark", "config_hash", "threads"]
+
+
+def comparison(rows: pd.DataFrame, method: str, column: str, baseline: str | None = None,
+               full: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows of ``method`` in ``rows`` that carry ``column``, with ``point``, ``low``,
+    ``high`` (the interval the CSV gives), ``verdict`` (see :func:`verdict`), ``reasons`` (list:
+    why excluded, the method's and the ``baseline`` method's row of the same configuration both
+    judged; the baseline row is looked up in ``full``, default ``rows``) and ``excluded``."""
+    full = rows if full is None else full
+    sub = rows[(rows["method"] == method)].copy()
+    if column in sub.columns:
+        sub = sub[np.isfinite(sub[column].astype(float))]
+    else:
+        sub = sub.iloc[0:0]
+    low, high = ci_columns(column)
+    sub["point"] = sub[column].astype(float)
+    sub["low"] = sub[low].astype(float) if low in sub.columns else np.nan
+    sub["high"] = sub[high].astype(float) if high in sub.columns else np.nan
+    base_rows = {}
+    if baseline is not None and not full.empty:
+        base = full[full["method"] == baseline]
+        base_rows = {tuple(r[c] for c in CONFIG_KEY): r for _, r in base.iterrows()}
+    reasons = []
+    for _, r in sub.iterrows():
+        own = row_reasons(r)
+        other = base_rows.get(tuple(r[c] for c in CONFIG_KEY))
+        theirs = row_reasons(other) if other is not None else []
+        reasons.append([reason for reason in REASONS if reason in own or reason in theirs])
+    sub["reasons"] = pd.Series(reasons, index=sub.index, dtype=object)
+    sub["excluded"] = sub["reasons"].map(bool).astype(bool) if len(sub) else \
+        pd.Series([], dtype=bool)
+    sub["verdict"] = [verdict(p, lo, hi) for p, lo, hi in zip(sub["point"], sub["low"],
+                                                               sub["high"])]
+    return sub
+
+
+def half_width(point: float, low: float, high: float) -> float:
+    """Relative half-width of an interval: the larger distance from the point to one of its
+    ends, as a fraction of the point (so ±10% means both ends within 10% of the point)."""
+    if not (np.isfinite(point) and np.isfinite(low) and np.isfinite(high)) or point <= 0:
+        return math.nan
+    return max(high - point, point - low) / point

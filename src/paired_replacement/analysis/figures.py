@@ -4,14 +4,21 @@ Every function takes a :class:`~paired_replacement.analysis.data.Merged` and ret
 figure; :func:`render` writes it as PDF and PNG. Missing data never fails: a figure (or one of its
 panels) without rows shows an empty axes with a centered "no data: <what is missing>".
 
-Error bars are 95% intervals. Times use the bootstrap CI of the median (ci95_low_s/ci95_high_s);
-speedups and efficiencies (a reference median over this median) use
-:func:`~paired_replacement.analysis.data.ratio_bounds`: [reference/ci_high, reference/ci_low],
-i.e. the uncertainty of the method's own median with the reference median taken as exact.
+Error bars are the 95% intervals the benchmarks wrote, never recomputed here: for times the
+hierarchical bootstrap interval of the median (``ci95_low_s``/``ci95_high_s``: processes, then
+rounds, resampled); for speedups and efficiencies the interval of the paired-sample ratio
+(``<column>_ci95_low``/``_high``: the two methods' values of one round divided, then the same
+bootstrap), so the baseline's noise is in it.
+
+Thread counts are told apart by line style (the largest count solid, smaller ones dashed or
+dotted) or by panel; a point kept out of headline numbers (its row or its baseline's row
+implausible, or measured on a busy host; see :func:`~paired_replacement.analysis.data.comparison`)
+is drawn with a hollow marker.
 
 Rows shown (see :mod:`~paired_replacement.analysis.data` for the selections): micro figures use the
-micro selection (uniform masks, gate on, first dtype, per-host default threads) at the primary
-(N, m); ``cross_host`` also fixes the primary hidden size; ``e2e_speedup`` uses the e2e selection.
+micro selection (uniform masks, gate on, first dtype, every thread count) at the primary (N, m);
+``cross_host`` fixes the primary hidden size and each host's largest thread count;
+``e2e_speedup`` uses the e2e selection.
 """
 
 from __future__ import annotations
@@ -29,18 +36,47 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from . import data  # noqa: E402
 
-METHOD_ORDER = ["paired", "paired_indices", "hybrid", "numpy_reference", "index_select",
-                "bool_mask", "memcpy_floor", "memcpy_floor_nt", "dense", "rebuild"]
-_PALETTE = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER))))
-_MARKERS = dict(zip(METHOD_ORDER, "osD^vPXh*p"))
+#: every method of every table, in legend order, with its tab20 color index and marker
+_STYLE = {
+    "paired": (0, "o"), "paired_indices": (1, "s"), "paired_control": (18, "D"),
+    "hybrid": (4, "^"), "paired_rowffn": (5, "v"), "torch_delta": (2, "P"),
+    "torch_delta_indices": (3, "X"), "index_select": (6, "h"), "rebuild_floor": (14, "p"),
+    "rebuild": (14, "p"), "memcpy_floor": (8, "<"), "memcpy_floor_nt": (9, ">"),
+    "no_pack": (10, "d"), "ffn_floor": (15, "H"), "dense": (16, "8"), "bool_mask": (7, "*"),
+    "numpy_reference": (12, "o")}
+METHOD_ORDER = list(_STYLE)
+_TAB20 = sns.color_palette("tab20", 20)
+_PALETTE = {m: _TAB20[i] for m, (i, _) in _STYLE.items()}
+_MARKERS = {m: marker for m, (_, marker) in _STYLE.items()}
 K_LABEL = "k (rows swapped per update, symlog scale)"
-SPEEDUP_LABEL = "speedup vs index_select (×)"
+SPEEDUP_LABEL = "speedup of paired (×)"
+CI_TEXT = ("error bars: 95% intervals of the paired-sample ratio (processes, then rounds, "
+           "resampled)")
+HOLLOW_TEXT = "hollow: excluded from headline numbers (implausible or busy host)"
+_OTHER_STYLES = ["--", ":", "-."]
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
+
+
+def color(method: str):
+    return _PALETTE.get(method, "0.4")
+
+
+def marker(method: str) -> str:
+    return _MARKERS.get(method, "o")
+
+
+def thread_styles(counts) -> dict[int, object]:
+    """Line style per thread count: the largest solid, the smaller ones dashed, dotted, ..."""
+    counts = sorted({int(c) for c in counts})
+    styles = {c: _OTHER_STYLES[i % len(_OTHER_STYLES)] for i, c in enumerate(counts[:-1])}
+    if counts:
+        styles[counts[-1]] = "-"
+    return styles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,43 +105,55 @@ def suptitle(fig, title: str, subtitle: str) -> None:
 
 
 def grid(nrows: int, ncols: int, *, width: float = 3.3, height: float = 2.6, **kw):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 5.0), height * nrows + 0.9),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 5.0), height * nrows + 1.2),
                              squeeze=False, layout="constrained", **kw)
     return fig, axes
 
 
-def errorbars(ax, x, y, lo, hi, color) -> None:
+def errorbars(ax, x, y, lo, hi, color, **kw) -> None:
     """Asymmetric error bars from absolute bounds (NaN bounds: no bar)."""
     y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
     below = np.clip(np.nan_to_num(y - lo, nan=0.0), 0, None)
     above = np.clip(np.nan_to_num(hi - y, nan=0.0), 0, None)
     ax.errorbar(np.asarray(x, float), y, yerr=[below, above], fmt="none", ecolor=color,
-                elinewidth=1.0, capsize=2.5)
+                elinewidth=1.0, capsize=2.5, **kw)
 
 
-def method_lines(ax, rows: pd.DataFrame, methods: list[str], x: str, y: str) -> list[str]:
-    """One seaborn line (with markers) per method and CI error bars; returns the methods drawn."""
-    drawn = []
-    for method in methods:
-        sub = rows[rows["method"] == method].sort_values(x)
-        sub = sub[np.isfinite(sub[y])]
-        if sub.empty:
-            continue
-        sns.lineplot(data=sub, x=x, y=y, ax=ax, color=_PALETTE.get(method), errorbar=None,
-                     marker=_MARKERS.get(method, "o"), label=method, legend=False)
-        errorbars(ax, sub[x], sub[y], sub[y + "_lo"], sub[y + "_hi"], _PALETTE.get(method))
-        drawn.append(method)
-    return drawn
+def flagged_line(ax, x, comp: pd.DataFrame, color, marker: str, linestyle) -> int:
+    """A line through ``comp['point']`` at ``x`` with its interval as error bars; included points
+    filled, excluded ones hollow. Returns the number of hollow points."""
+    x = np.asarray(x, float)
+    y = comp["point"].to_numpy(float)
+    excluded = comp["excluded"].to_numpy(bool)
+    ax.plot(x, y, color=color, ls=linestyle, lw=1.3)
+    errorbars(ax, x, y, comp["low"], comp["high"], color)
+    ax.scatter(x[~excluded], y[~excluded], color=color, marker=marker, s=26, zorder=3,
+               edgecolors=color, linewidths=1.2)
+    ax.scatter(x[excluded], y[excluded], facecolors="white", marker=marker, s=30, zorder=4,
+               edgecolors=color, linewidths=1.3)
+    return int(excluded.sum())
 
 
-def figure_legend(fig, labels: list[str], colors: dict, markers: dict | None = None,
-                  title: str | None = None) -> None:
-    if not labels:
-        return
-    handles = [plt.Line2D([], [], color=colors[lab], marker=(markers or {}).get(lab, "o"))
-               for lab in labels]
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
-               title=title, frameon=False)
+def style_legend(fig, methods: list[str], threads: dict[int, object], hollow: bool,
+                 title: str | None = None, colors: dict | None = None) -> None:
+    """One legend: methods (color and marker), thread counts (line style), hollow = excluded."""
+    handles, labels = [], []
+    for m in methods:
+        c = (colors or {}).get(m, color(m))
+        handles.append(plt.Line2D([], [], color=c, marker=marker(m) if not colors else "o",
+                                  ls="-"))
+        labels.append(m)
+    if len(threads) > 1:
+        for t, ls in sorted(threads.items()):
+            handles.append(plt.Line2D([], [], color="0.3", ls=ls))
+            labels.append(f"{t} thread" + ("" if t == 1 else "s"))
+    if hollow:
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", ls="none",
+                                  markerfacecolor="white"))
+        labels.append("excluded (implausible / busy)")
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
+                   title=title, frameon=False)
 
 
 def value_ticks(ax, values) -> None:
@@ -123,11 +171,21 @@ def symlog_k(ax, ks) -> None:
     value_ticks(ax, ks)
 
 
+def dodge(x, index: int, count: int, log: bool = True) -> np.ndarray:
+    """Shift the x of the ``index``-th of ``count`` overlapping series a little (so error bars
+    of the thread counts do not hide each other): multiplicative on log axes, k = 0 additive."""
+    x = np.asarray(x, float)
+    offset = (index - (count - 1) / 2) * 0.06
+    if not log:
+        return x + offset
+    return np.where(x > 0, x * (1 + offset), x + offset)
+
+
 def _config_text(primary: data.Primary, hidden: bool = False) -> str:
     text = f"uniform masks, N={primary.N}, m={primary.m}"
     if hidden:
         text += f", hidden={primary.hidden}"
-    return text + f", gate on, {primary.dtype}, default threads per host"
+    return text + f", gate on, {primary.dtype}"
 
 
 def _other_shape(rows: pd.DataFrame, primary: data.Primary) -> str:
@@ -142,151 +200,249 @@ def _ordered(values, order: list[str]) -> list[str]:
     return [v for v in order if v in present] + sorted(v for v in present if v not in order)
 
 
+def _log_ylim(ax, values) -> None:
+    """Log y axis spanning the values and 1 with some room."""
+    values = np.asarray([v for v in values if np.isfinite(v) and v > 0], float)
+    ax.set_yscale("log")
+    if values.size:
+        low, high = min(values.min(), 1.0), max(values.max(), 1.0)
+        ax.set_ylim(low / 1.4, high * 1.4)
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 # ---------------------------------------------------------------------------------------------
 # micro
 # ---------------------------------------------------------------------------------------------
-def _micro_grid(merged: data.Merged, title: str, column: str, methods: list[str] | None,
-                ylabel: str, reference: tuple[float, str], log_y: bool):
+SPEEDUP_METHODS = ["paired", "paired_control", "hybrid"]
+SPEEDUP_BASELINES = ["torch_delta", "index_select"]
+EFFICIENCY_METHODS = ["paired", "hybrid", "torch_delta", "index_select"]
+PLAUSIBLE_LIMIT = 1.25  # micro.PLAUSIBLE_EFFICIENCY: above it a point is flagged implausible
+
+
+def _micro_panels(merged: data.Merged):
+    """The micro figure rows (k >= 0) and their (host, hidden) panels."""
     rows, primary = data.micro_figure_rows(merged.micro)
     rows = rows[rows["k_target"] >= 0]
-    if methods is not None:
-        rows = rows[rows["method"].isin(methods)]
-    rows = rows[np.isfinite(rows[column])]
-    if rows.empty:
-        what = ("micro.csv has no rows with uniform masks and gate on" if primary is None
-                else f"micro.csv has no {column} values in the selection")
-        return no_data_figure(title, what, K_LABEL, ylabel)
-    rows = data.with_ratio_bounds(rows, column)
-    hosts = sorted(rows["host_id"].unique())
-    hiddens = sorted(rows["hidden"].unique())
-    fig, axes = grid(len(hosts), len(hiddens))
-    order = _ordered(rows["method"], METHOD_ORDER)
-    order = [m for m in order if m != "index_select"] if column == "speedup_vs_index_select" \
-        else order
-    drawn: list[str] = []
-    for i, host in enumerate(hosts):
-        for j, hidden in enumerate(hiddens):
-            ax = axes[i][j]
-            sub = rows[(rows["host_id"] == host) & (rows["hidden"] == hidden)]
-            ax.set_title(f"{host}, hidden={int(hidden)}" + _other_shape(sub, primary))
-            if sub.empty:
-                no_data(ax, f"{host} did not measure hidden={int(hidden)}")
-                continue
-            drawn += method_lines(ax, sub, order, "k_target", column)
-            ax.axhline(reference[0], color="0.3", ls="--", lw=1.0, label=reference[1])
-            ax.text(0.02, reference[0], f" {reference[1]}", transform=ax.get_yaxis_transform(),
-                    va="bottom", fontsize=7, color="0.3")
-            symlog_k(ax, sub["k_target"])
-            if log_y:
-                ax.set_yscale("log")
-            else:
-                ax.set_ylim(bottom=0)
-            ax.set(xlabel=K_LABEL if i == len(hosts) - 1 else "", ylabel=ylabel if j == 0 else "")
-    suptitle(fig, title, f"({_config_text(primary)}; error bars: 95% CI)")
-    figure_legend(fig, _ordered(drawn, METHOD_ORDER), _PALETTE, _MARKERS)
-    return fig
+    panels = [(h, hid) for h in sorted(rows["host_id"].unique())
+              for hid in sorted(rows.loc[rows["host_id"] == h, "hidden"].unique())]
+    return rows, primary, panels
 
 
 def micro_speedup(merged: data.Merged):
-    """Update speedup vs index_select(out=) over k: one line per method, facets host × hidden."""
-    return _micro_grid(merged, "One cache update: speedup vs index_select",
-                       "speedup_vs_index_select", None, SPEEDUP_LABEL,
-                       (1.0, "index_select (= 1)"), log_y=True)
+    """Speedup of one update over the same differential update in plain torch (torch_delta, left)
+    and over index_select (right) vs k: one line per method and thread count, one row of panels
+    per host × hidden size."""
+    title = "One cache update: speedup over torch_delta and over index_select"
+    rows, primary, panels = _micro_panels(merged)
+    comps = {b: pd.concat([data.comparison(rows, m, f"speedup_vs_{b}", b, full=merged.micro)
+                           for m in SPEEDUP_METHODS]) for b in SPEEDUP_BASELINES}
+    if all(c.empty for c in comps.values()):
+        what = ("micro.csv has no rows with uniform masks and gate on" if primary is None
+                else "micro.csv has no paired speedups vs torch_delta or index_select in the "
+                     "selection")
+        return no_data_figure(title, what, K_LABEL, SPEEDUP_LABEL)
+    styles = thread_styles(rows["threads"])
+    fig, axes = grid(len(panels), len(SPEEDUP_BASELINES))
+    drawn, hollow = [], 0
+    for i, (host, hidden) in enumerate(panels):
+        for j, base in enumerate(SPEEDUP_BASELINES):
+            ax = axes[i][j]
+            comp = comps[base]
+            comp = comp[(comp["host_id"] == host) & (comp["hidden"] == hidden)]
+            ax.set_title(f"{host}, hidden={int(hidden)}" + _other_shape(comp, primary)
+                         + f": vs {base}", fontsize=8)
+            if comp.empty:
+                no_data(ax, f"{host} has no paired rows timed against {base} at "
+                            f"hidden={int(hidden)}")
+                continue
+            threads = data.thread_counts(comp)  # dodged among the counts of this panel
+            for method in _ordered(comp["method"], METHOD_ORDER):
+                for t_index, t in enumerate(threads):
+                    sub = comp[(comp["method"] == method) & (comp["threads"] == t)]
+                    sub = sub.sort_values("k_target")
+                    if sub.empty:
+                        continue
+                    hollow += flagged_line(ax, dodge(sub["k_target"], t_index, len(threads)),
+                                           sub, color(method), marker(method), styles[t])
+                    drawn.append(method)
+            ax.axhline(1.0, color="0.3", ls="--", lw=1.0)
+            ax.text(0.02, 1.0, f" {base} (= 1)", transform=ax.get_yaxis_transform(),
+                    va="bottom", fontsize=7, color="0.3")
+            symlog_k(ax, comp["k_target"])
+            _log_ylim(ax, pd.concat([comp["point"], comp["low"], comp["high"]]))
+            ax.set(xlabel=K_LABEL if i == len(panels) - 1 else "",
+                   ylabel="baseline time / method time (×)" if j == 0 else "")
+    suptitle(fig, title, f"({_config_text(primary)}; {CI_TEXT}; {HOLLOW_TEXT})")
+    style_legend(fig, _ordered(drawn, METHOD_ORDER), styles, hollow > 0)
+    return fig
 
 
 def micro_efficiency(merged: data.Merged):
-    """Efficiency vs the memcpy floor (floor median / method median) over k, goal line at 0.8."""
-    return _micro_grid(merged, "One cache update: efficiency vs the memcpy floor",
-                       "efficiency_vs_floor", ["paired", "paired_indices", "hybrid"],
-                       "floor time / update time (1 = floor)", (0.8, "goal 0.8"), log_y=False)
+    """Efficiency vs each method's own memcpy floor (floor time / method time) over k, one panel
+    per thread count (rows: host × hidden); the goal line at 0.8 and the plausibility limit."""
+    title = "One cache update: efficiency vs the memcpy floor of its own rows"
+    rows, primary, panels = _micro_panels(merged)
+    comp = pd.concat([data.comparison(rows, m, "efficiency_vs_floor", full=merged.micro)
+                      for m in EFFICIENCY_METHODS])
+    ylabel = "floor time / method time (1 = floor)"
+    if comp.empty:
+        what = ("micro.csv has no rows with uniform masks and gate on" if primary is None
+                else "micro.csv has no efficiency_vs_floor values in the selection")
+        return no_data_figure(title, what, K_LABEL, ylabel)
+    # Columns: the thread counts of each panel row's host, ascending (hosts may differ).
+    row_threads = [data.thread_counts(comp[(comp["host_id"] == h) & (comp["hidden"] == hid)])
+                   for h, hid in panels]
+    fig, axes = grid(len(panels), max(1, max(len(t) for t in row_threads)), sharey=True)
+    drawn, hollow = [], 0
+    top = max(1.4, float(np.nanmax(comp[["point", "high"]].to_numpy(float))) * 1.08)
+    for i, (host, hidden) in enumerate(panels):
+        for j in range(len(axes[i])):
+            ax = axes[i][j]
+            if not row_threads[i] and j == 0:
+                ax.set_title(f"{host}, hidden={int(hidden)}", fontsize=8)
+                no_data(ax, f"{host} has no efficiencies at hidden={int(hidden)}")
+                continue
+            if j >= len(row_threads[i]):
+                ax.set_axis_off()
+                continue
+            t = row_threads[i][j]
+            sub = comp[(comp["host_id"] == host) & (comp["hidden"] == hidden)
+                       & (comp["threads"] == t)]
+            ax.set_title(f"{host}, hidden={int(hidden)}" + _other_shape(sub, primary)
+                         + f", {t} thread" + ("" if t == 1 else "s"), fontsize=8)
+            if sub.empty:
+                no_data(ax, f"{host} has no efficiencies at hidden={int(hidden)}")
+                continue
+            for method in _ordered(sub["method"], METHOD_ORDER):
+                line = sub[sub["method"] == method].sort_values("k_target")
+                hollow += flagged_line(ax, line["k_target"], line, color(method), marker(method),
+                                       "-")
+                drawn.append(method)
+            ax.axhline(0.8, color="0.3", ls="--", lw=1.0)
+            ax.text(0.02, 0.8, " goal 0.8", transform=ax.get_yaxis_transform(), va="top",
+                    fontsize=7, color="0.3")
+            ax.axhspan(PLAUSIBLE_LIMIT, top, color="red", alpha=0.07, lw=0)
+            ax.text(0.02, PLAUSIBLE_LIMIT, " implausible above 1.25",
+                    transform=ax.get_yaxis_transform(), va="bottom", fontsize=7, color="darkred")
+            symlog_k(ax, sub["k_target"])
+            ax.set_ylim(0, top)
+            ax.set(xlabel=K_LABEL if i == len(panels) - 1 else "",
+                   ylabel=ylabel if j == 0 else "")
+    suptitle(fig, title, f"({_config_text(primary)}; floors: the faster memcpy of the rows the "
+             "paired update writes for differential methods, rebuild_floor for index_select; "
+             f"{CI_TEXT}; {HOLLOW_TEXT})")
+    style_legend(fig, _ordered(drawn, METHOD_ORDER), {}, hollow > 0)
+    return fig
 
 
 def cross_host(merged: data.Merged):
-    """Paired speedup vs index_select at each k, one bar per host (primary N, m, hidden)."""
-    title = "Paired update speedup vs index_select across hosts"
+    """Paired speedup vs torch_delta at each k, one bar per host (primary N, m, hidden; each host
+    at its largest thread count); excluded points hatched and hollow."""
+    title = "Paired update speedup over torch_delta across hosts"
     rows, primary = data.micro_primary_rows(merged.micro)
-    rows = rows[(rows["method"] == "paired") & (rows["k_target"] >= 0)]
-    rows = rows[np.isfinite(rows["speedup_vs_index_select"])]
-    if rows.empty:
-        return no_data_figure(title, "micro.csv has no paired rows with uniform masks and gate on",
-                              "k (rows swapped per update)", SPEEDUP_LABEL)
-    rows = data.with_ratio_bounds(rows, "speedup_vs_index_select")
-    hosts = sorted(rows["host_id"].unique())
-    ks = sorted(rows["k_target"].unique())
+    rows = data.default_threads(rows[rows["k_target"] >= 0])
+    comp = data.comparison(rows, "paired", "speedup_vs_torch_delta", "torch_delta",
+                           full=merged.micro)
+    if comp.empty:
+        return no_data_figure(title, "micro.csv has no paired rows with a torch_delta ratio "
+                              "(uniform masks, gate on)", "k (rows swapped per update)",
+                              SPEEDUP_LABEL)
+    hosts = sorted(comp["host_id"].unique())
+    ks = sorted(comp["k_target"].unique())
     colors = dict(zip(hosts, sns.color_palette("deep", len(hosts))))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ks) * max(1, len(hosts)) ** 0.5 + 2), 3.4),
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ks) * max(1, len(hosts)) ** 0.5 + 2), 3.6),
                            layout="constrained")
     width = 0.8 / len(hosts)
+    hollow = 0
     for h, host in enumerate(hosts):
-        sub = rows[rows["host_id"] == host].groupby("k_target").first()
+        sub = comp[comp["host_id"] == host].groupby("k_target").first()
         x = np.array([ks.index(k) for k in sub.index]) - 0.4 + width * (h + 0.5)
-        y = sub["speedup_vs_index_select"].to_numpy()
-        ax.bar(x, y, width=width * 0.95, color=colors[host], label=host)
-        errorbars(ax, x, y, sub["speedup_vs_index_select_lo"], sub["speedup_vs_index_select_hi"],
-                  "0.15")
+        y = sub["point"].to_numpy()
+        excluded = sub["excluded"].to_numpy(bool)
+        threads = int(sub["threads"].iloc[0])
+        label = f"{host} ({threads} thread{'' if threads == 1 else 's'})"
+        ax.bar(x[~excluded], y[~excluded], width=width * 0.95, color=colors[host], label=label)
+        ax.bar(x[excluded], y[excluded], width=width * 0.95, facecolor="white",
+               edgecolor=colors[host], hatch="///", lw=1.2)
+        hollow += int(excluded.sum())
+        errorbars(ax, x, y, sub["low"], sub["high"], "0.15")
     ax.axhline(1.0, color="0.3", ls="--", lw=1.0)
     ax.set_xticks(range(len(ks)), [f"{int(k)}" for k in ks])
-    ax.set_yscale("log")
-    ax.set(xlabel="k (rows swapped per update)", ylabel=SPEEDUP_LABEL)
-    ax.legend(title="host", fontsize=7, title_fontsize=7)
+    _log_ylim(ax, pd.concat([comp["point"], comp["low"], comp["high"]]))
+    ax.set(xlabel="k (rows swapped per update)", ylabel="torch_delta time / paired time (×)")
+    handles, labels = ax.get_legend_handles_labels()
+    if hollow:
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///"))
+        labels.append("excluded (implausible / busy)")
+    ax.legend(handles, labels, title="host", fontsize=7, title_fontsize=7)
     others = sorted(set(merged.micro["host_id"]) - set(hosts))
-    suptitle(fig, title, f"({_config_text(primary, hidden=True)}; error bars: 95% CI; "
-             "dashed: parity" + (f"; not measured in this configuration: {', '.join(others)}"
-                                 if others else "") + ")")
+    suptitle(fig, title, f"({_config_text(primary, hidden=True)}; each host at its largest thread "
+             f"count; {CI_TEXT}; dashed: parity"
+             + (f"; not measured in this configuration: {', '.join(others)}" if others else "")
+             + ")")
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # e2e
 # ---------------------------------------------------------------------------------------------
+E2E_BASELINES = ["no_pack", "torch_delta"]
+
+
 def e2e_speedup(merged: data.Merged):
-    """Decode-step speedup of paired and hybrid vs index_select over m, one line per batch size;
-    rows: hosts, columns: method (sweep rows, else the host's e2e rows)."""
-    title = "Decode step (update + sparse FFN): speedup vs index_select"
+    """Decode-step speedup of paired over no_pack (left: does packing pay?) and over torch_delta
+    (right) vs m, one line per batch size (color) and thread count (line style); rows: hosts."""
+    title = "Decode step (update + sparse FFN): speedup of paired over no_pack and torch_delta"
     rows = data.e2e_selection(merged.e2e)
-    rows = rows[rows["method"].isin(["paired", "hybrid"])]
-    rows = rows[np.isfinite(rows["speedup_vs_index_select"])]
-    if rows.empty:
-        return no_data_figure(title, "e2e.csv has no paired/hybrid rows with an index_select "
+    comps = {b: data.comparison(rows, "paired", f"speedup_vs_{b}", b, full=merged.e2e)
+             for b in E2E_BASELINES}
+    if all(c.empty for c in comps.values()):
+        return no_data_figure(title, "e2e.csv has no paired rows with a no_pack or torch_delta "
                               "baseline (no sweep and no e2e run)", "m (top-m neurons per token)",
                               SPEEDUP_LABEL)
-    rows = data.with_ratio_bounds(rows, "speedup_vs_index_select")
     hosts = sorted(rows["host_id"].unique())
-    methods = _ordered(rows["method"], METHOD_ORDER)
     batches = sorted(rows["batch"].unique())
     colors = dict(zip([f"{int(b)}" for b in batches],
                       sns.color_palette("viridis", len(batches))))
-    fig, axes = grid(len(hosts), len(methods), sharey=True)
+    styles = thread_styles(rows["threads"])
+    fig, axes = grid(len(hosts), len(E2E_BASELINES), sharey=True)
+    hollow = 0
     for i, host in enumerate(hosts):
         host_rows = rows[rows["host_id"] == host]
         source = "sweep" if (host_rows["benchmark"] == "sweep").any() else "e2e"
-        for j, method in enumerate(methods):
+        r0 = host_rows.iloc[0]
+        for j, base in enumerate(E2E_BASELINES):
             ax = axes[i][j]
-            sub = host_rows[host_rows["method"] == method]
-            r0 = host_rows.iloc[0]
-            ax.set_title(f"{host}: {method} ({source}, N={int(r0['N'])}, "
+            comp = comps[base]
+            comp = comp[comp["host_id"] == host]
+            ax.set_title(f"{host}: vs {base} ({source}, N={int(r0['N'])}, "
                          f"hidden={int(r0['hidden'])})", fontsize=8)
-            if sub.empty:
-                no_data(ax, f"{host} has no {method} rows")
+            if comp.empty:
+                no_data(ax, f"{host} has no paired rows timed against {base}")
                 continue
+            threads = data.thread_counts(comp)  # dodged among the counts of this panel
             for b in batches:
-                line = sub[sub["batch"] == b].sort_values("m")
-                if line.empty:
-                    continue
-                color = colors[f"{int(b)}"]
-                sns.lineplot(data=line, x="m", y="speedup_vs_index_select", ax=ax, color=color,
-                             marker="o", errorbar=None, legend=False)
-                errorbars(ax, line["m"], line["speedup_vs_index_select"],
-                          line["speedup_vs_index_select_lo"], line["speedup_vs_index_select_hi"],
-                          color)
+                for t_index, t in enumerate(threads):
+                    line = comp[(comp["batch"] == b) & (comp["threads"] == t)].sort_values("m")
+                    if line.empty:
+                        continue
+                    hollow += flagged_line(ax, dodge(line["m"], t_index, len(threads)), line,
+                                           colors[f"{int(b)}"], "o", styles[t])
             ax.axhline(1.0, color="0.3", ls="--", lw=1.0)
+            ax.text(0.02, 1.0, f" {base} (= 1)", transform=ax.get_yaxis_transform(),
+                    va="bottom", fontsize=7, color="0.3")
             ax.set_xscale("log", base=2)
             value_ticks(ax, host_rows["m"])
+            _log_ylim(ax, pd.concat([c[c["host_id"] == host][col] for c in comps.values()
+                                     for col in ("point", "low", "high")]))
             ax.set(xlabel="m (top-m neurons per token)" if i == len(hosts) - 1 else "",
-                   ylabel=SPEEDUP_LABEL if j == 0 else "")
-    suptitle(fig, title, "(gate/dtype/rho/beta: each host's most measured; default threads; "
-             "error bars: 95% CI; dashed: parity)")
-    figure_legend(fig, list(colors), colors, title="batch (tokens per step)")
+                   ylabel="baseline time / paired time (×)" if j == 0 else "")
+    suptitle(fig, title, "(above 1 against no_pack: packing pays; gate/dtype/rho/beta: each "
+             f"host's most measured; {CI_TEXT}; {HOLLOW_TEXT})")
+    style_legend(fig, list(colors), styles, hollow > 0, title="batch (tokens per step)",
+                 colors=colors)
     return fig
 
 
@@ -295,6 +451,7 @@ def e2e_speedup(merged: data.Merged):
 # ---------------------------------------------------------------------------------------------
 SOURCE_TEXT = {"hw": "hw (perf stat, hardware counters)",
                "cachegrind": "cachegrind (simulated caches, generic build)"}
+REBUILD_TEXT = "rebuild: the core's full gather, a memcpy of all m rows (not index_select)"
 
 
 def _perf_config(rows: pd.DataFrame, primary: data.Primary | None) -> pd.DataFrame:
@@ -310,8 +467,10 @@ def _perf_config(rows: pd.DataFrame, primary: data.Primary | None) -> pd.DataFra
 
 
 def perf_counters(merged: data.Merged):
-    """Per-update counter values of paired vs rebuild per event (log y), one panel per host,
-    each labelled with its counter source; 'no counters available' when no host could count."""
+    """Per-update counter values of paired vs rebuild (the core's full gather: a memcpy of all m
+    rows) per event (log y), one panel per host, each labelled with its counter source and, under
+    cachegrind, the simulated last-level cache; 'no counters available' when no host could
+    count."""
     title = "Counters per update: paired vs full rebuild"
     perf = merged.perf
     ylabel = "events per update (log)"
@@ -348,6 +507,11 @@ def perf_counters(merged: data.Merged):
                             ha="center", va="top", fontsize=6, color="0.25")
         sources = ", ".join(SOURCE_TEXT.get(s, s) for s in sorted(rows["source"].unique()))
         r0 = rows.iloc[0]
+        sim = rows["sim_ll_bytes"].max()
+        if (rows["source"] == "cachegrind").any() and np.isfinite(sim) and sim > 0:
+            moved = (rows["bytes_per_update"] * rows["updates"]).max() / 2**20
+            sources += (f"\nsimulated LL {sim / 2**20:.3g} MiB; counted updates move "
+                        f"≤ {moved:.3g} MiB")
         ax.set_title(f"{host}: N={int(r0['N'])}, m={int(r0['m'])}, k={int(r0['k'])}, "
                      f"hidden={int(r0['hidden'])}\nsource: {sources}", fontsize=8)
         top = rows["per_update"].max()
@@ -355,8 +519,9 @@ def perf_counters(merged: data.Merged):
             ax.set_ylim(top=top * 8)  # room for the ratio labels
         ax.tick_params(axis="x", rotation=45, labelsize=7)
         ax.set(xlabel="counter event", ylabel=ylabel if j == 0 else "")
-    suptitle(fig, title, "(counted updates only; top labels: paired/rebuild ratio)")
-    figure_legend(fig, ["paired", "rebuild"], colors, {"paired": "s", "rebuild": "s"})
+    suptitle(fig, title, f"(counted updates only; {REBUILD_TEXT}; top labels: paired/rebuild "
+             "ratio)")
+    style_legend(fig, ["paired", "rebuild"], {}, False)
     return fig
 
 
@@ -364,31 +529,33 @@ def perf_counters(merged: data.Merged):
 # autotune
 # ---------------------------------------------------------------------------------------------
 def autotune_landscape(merged: data.Merged):
-    """Median update time over grain × par_threshold, one panel per tau (rows: hosts), the winner
-    outlined. Threads: the winner's (else the largest measured)."""
+    """Median update time of the tune phase over grain × par_threshold, one panel per tau, one row
+    per host × thread count, the winner of that thread count outlined, and the held-out gain of
+    the winner over the defaults (with its interval) noted under the row."""
     title = "Autotune landscape: median hybrid update time"
     rows = merged.autotune
-    if rows.empty:
-        return no_data_figure(title, "autotune.csv has no rows (autotune not run with --csv)",
-                              "grain (rows per parallel task)", "par_threshold (rows)")
-    hosts = sorted(rows["host_id"].unique())
-    taus = sorted(rows["hybrid_tau_frac"].unique())
-    fig, axes = grid(len(hosts), len(taus), width=3.0, height=2.6)
-    for i, host in enumerate(hosts):
-        host_rows = rows[rows["host_id"] == host]
+    tune = rows[~rows["phase"].isin(["held_out_winner", "held_out_default"])]
+    if tune.empty:
+        return no_data_figure(title, "autotune.csv has no tune-phase rows (autotune not run with "
+                              "--csv)", "grain (rows per parallel task)", "par_threshold (rows)")
+    hosts = sorted(tune["host_id"].unique())
+    panel_rows = [(h, t) for h in hosts
+                  for t in data.thread_counts(tune[tune["host_id"] == h])]
+    taus = sorted(tune["hybrid_tau_frac"].unique())
+    fig, axes = grid(len(panel_rows), len(taus), width=3.0, height=2.6)
+    busy_seen, notes = False, []
+    for i, (host, threads) in enumerate(panel_rows):
+        host_rows = tune[(tune["host_id"] == host) & (tune["threads"] == threads)]
         key = data.mode_key(host_rows, ["N", "m", "hidden", "k_list"])
         host_rows = data.where(host_rows, **dict(zip(["N", "m", "hidden", "k_list"], key)))
-        winners = host_rows[host_rows["is_winner"]]
-        threads = winners["threads"].iloc[0] if not winners.empty else host_rows["threads"].max()
-        host_rows = host_rows[host_rows["threads"] == threads]
         ms = host_rows["median_s"] * 1e3
         vmin, vmax = float(ms.min()), float(ms.max())
         for j, tau in enumerate(taus):
             ax = axes[i][j]
             sub = host_rows[host_rows["hybrid_tau_frac"] == tau]
-            ax.set_title(f"{host}: tau={tau:g}", fontsize=8)
+            ax.set_title(f"{host}, {threads} thr.: tau={tau:g}", fontsize=8)
             if sub.empty:
-                no_data(ax, f"{host} did not time tau={tau:g}")
+                no_data(ax, f"{host} did not time tau={tau:g} at {threads} threads")
                 continue
             table = sub.assign(ms=sub["median_s"] * 1e3).pivot_table(
                 index="par_threshold", columns="grain", values="ms", aggfunc="median")
@@ -405,13 +572,36 @@ def autotune_landscape(merged: data.Merged):
                 ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="red", lw=2.5))
                 ax.text(x + 0.5, y + 0.85, "winner", ha="center", va="center", fontsize=6,
                         color="red")
+            for _, b in sub[sub["busy"]].iterrows():
+                busy_seen = True
+                x = list(table.columns).index(int(b["grain"]))
+                y = list(table.index).index(int(b["par_threshold"]))
+                ax.text(x + 0.5, y + 0.15, "busy", ha="center", va="center", fontsize=6,
+                        color="black", bbox={"facecolor": "white", "alpha": 0.7, "lw": 0,
+                                             "pad": 1})
             ax.set(xlabel="grain (rows per parallel task)",
                    ylabel="par_threshold (rows)" if j == 0 else "")
         r0 = host_rows.iloc[0]
-        axes[i][0].annotate(f"N={int(r0['N'])}, m={int(r0['m'])}, hidden={int(r0['hidden'])}, "
-                            f"k mix: {r0['k_list']}, threads={int(threads)}",
-                            (0, -0.32), xycoords="axes fraction", fontsize=6.5, color="0.3")
-    suptitle(fig, title, "(red outline: winner, the lowest median)")
+        held = rows[(rows["host_id"] == host) & (rows["threads"] == threads)
+                    & (rows["phase"] == "held_out_winner")]
+        gain = "held-out check missing"
+        if not held.empty:
+            point, low, high = data.interval(held.iloc[0], "gain_vs_default")
+            if np.isfinite(point):
+                held_all = rows[(rows["host_id"] == host) & (rows["threads"] == threads)
+                                & rows["phase"].isin(["held_out_winner", "held_out_default"])]
+                verdict = {"faster": "real", "slower": "a loss", "tie": "within noise"}.get(
+                    data.verdict(point, low, high), "")
+                busy = ", busy host: excluded" if held_all["busy"].any() else ""
+                gain = (f"held-out gain vs defaults {point:.3f} [{low:.3f}, {high:.3f}] "
+                        f"({verdict}{busy})")
+        notes.append(f"{host}, {int(threads)} thr.: N={int(r0['N'])}, m={int(r0['m'])}, "
+                     f"hidden={int(r0['hidden'])}, k mix {r0['k_list']}; {gain}")
+    suptitle(fig, title, "(tune-phase masks; red outline: winner of the thread count, the "
+             "lowest median; held-out gain: defaults' time / winner's time on the reported masks, "
+             "95% interval" + ("; 'busy': measured on a busy host" if busy_seen else "") + ")")
+    fig.text(0.0, 0.0, "\n".join(notes), fontsize=6.5, color="0.3", ha="left", va="top",
+             transform=fig.transFigure)
     return fig
 
 

@@ -1,87 +1,145 @@
 """The paper's LaTeX tables (booktabs tabulars, formatted by hand), registry ``TABLES``.
 
-* ``micro_summary`` — per host, hidden, k: median ms of one update for paired and index_select,
-  paired's speedup vs index_select and its efficiency vs the memcpy floor. Rows: the micro
-  selection (uniform masks, gate on, first dtype, per-host default threads) at the primary (N, m);
-  a host that did not measure it shows its own most measured (N, m), and then N and m get columns.
-* ``e2e_summary`` — per host, m, batch: median ms per decode step of paired, hybrid, index_select
-  and dense, paired's speedup vs index_select and k_mean (mean additions per step). Rows: the e2e
+* ``micro_summary`` — per k and thread count, in one block per host, (N, m) and hidden size (a
+  spanning heading row names them): median ms of one update for paired, torch_delta,
+  index_select and rebuild_floor, and paired's speedups vs torch_delta and vs index_select with
+  the 95% intervals the benchmark wrote (paired-sample ratios). Rows: the micro selection
+  (uniform masks, gate on, first dtype, every thread count) at the primary (N, m); a host that
+  did not measure it shows its own most measured (N, m).
+* ``e2e_summary`` — per m, batch and thread count, in one block per host (and benchmark): median
+  ms per decode step of paired, torch_delta, no_pack and dense, paired's speedups vs torch_delta
+  and vs no_pack with their intervals, and k_mean (mean additions per step). Rows: the e2e
   selection (a host's sweep rows, else its e2e rows).
 * ``hosts`` — host, CPU, physical/logical cores, L3, memory, torch, compiler (hosts.csv).
 
-Missing values print as "--"; a table without rows is one row saying "no data".
+Flags: a time whose row is implausible (faster than 1.25x a memcpy of its own rows) carries
+:data:`MARKS` ``implausible`` (a dagger), one measured on a busy host ``busy`` (a double dagger); a
+ratio carries the marks of both its rows (see :func:`data.comparison`): such values are kept out
+of the headline numbers. Missing values print as "--"; a table without rows is one row saying
+"no data".
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from . import data
 from .latex import escape, fmt_fixed, fmt_int, fmt_ratio, fmt_sig, tabular
 
 DASH = "--"
+MARKS = {"implausible": r"$^{\dagger}$", "busy": r"$^{\ddagger}$"}
 
 
-def _ms(value) -> str:
-    return fmt_sig(value * 1e3, 3, na=DASH)
+def _marks(reasons) -> str:
+    return "".join(MARKS[r] for r in data.REASONS if r in reasons)
 
 
-def _group_starts(keys: list) -> list[int]:
-    return [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
+def _ms(row) -> str:
+    if row is None:
+        return DASH
+    return fmt_sig(row["median_s"] * 1e3, 3, na=DASH) + _marks(data.row_reasons(row))
+
+
+def _end(value: float) -> str:
+    """An end of a ratio's interval: like the ratio, but one decimal from 10 on (narrower)."""
+    return fmt_sig(value, 3) if abs(value) >= 10 else fmt_ratio(value)
+
+
+def _ratio(comp: pd.DataFrame, key) -> str:
+    """'8.29 [8.05, 14.0]' (interval in script size) with the flags of both rows; '--' when
+    missing."""
+    if comp.empty or key not in comp.index:
+        return DASH
+    r = comp.loc[key]
+    if isinstance(r, pd.DataFrame):
+        r = r.iloc[0]
+    ci = "" if not (np.isfinite(r["low"]) and np.isfinite(r["high"])) else \
+        f"[{_end(r['low'])}, {_end(r['high'])}]"
+    return (fmt_ratio(r["point"], na=DASH) + _marks(r["reasons"])
+            + (f" {{\\scriptsize {ci}}}" if ci else ""))
+
+
+def _with_headings(groups: list[tuple[str, list[list[str]]]]) -> tuple[list, list[int]]:
+    """Rows with a spanning heading before each group, and the indices of the headings (each
+    preceded by a midrule)."""
+    rows, starts = [], []
+    for heading, body in groups:
+        starts.append(len(rows))
+        rows += [heading, *body]
+    return rows, starts
+
+
+MICRO_METHODS = ["paired", "torch_delta", "index_select", "rebuild_floor"]
 
 
 def micro_summary(merged: data.Merged) -> str:
     rows, primary = data.micro_figure_rows(merged.micro)
     rows = rows[rows["k_target"] >= 0]
-    # N and m get columns only when some host shows another (N, m) than the primary one.
-    shapes = rows[["N", "m"]].drop_duplicates()
-    keys = ["host_id", "N", "m", "hidden", "k_target"] if len(shapes) > 1 else \
-        ["host_id", "hidden", "k_target"]
-    header = ["Host", *(["$N$", "$m$"] if len(shapes) > 1 else []), "hidden", "$k$",
-              "paired [ms]", "index\\_select [ms]", "speedup [$\\times$]", "efficiency vs floor"]
-    comment = ("micro_summary: median time of one cache update"
-               + (f"; uniform masks, N={primary.N}, m={primary.m}, gate on, {primary.dtype}, "
-                  "default threads per host" if primary else ""))
-    body, hosts = [], []
-    for key, group in rows.groupby(keys, sort=True):
-        by = {m: g.iloc[0] for m, g in group.groupby("method")}
-        paired, base = by.get("paired"), by.get("index_select")
-        if paired is None and base is None:
-            continue
-        body.append([escape(key[0]), *[fmt_int(v) for v in key[1:]],
-                     _ms(paired["median_s"]) if paired is not None else DASH,
-                     _ms(base["median_s"]) if base is not None else DASH,
-                     fmt_ratio(paired["speedup_vs_index_select"], na=DASH) if paired is not None
-                     else DASH,
-                     fmt_ratio(paired["efficiency_vs_floor"], na=DASH) if paired is not None
-                     else DASH])
-        hosts.append(key[0])
-    return tabular(header, body, "l" + "r" * (len(header) - 1), comment=comment,
-                   groups=_group_starts(hosts))
+    lead = ["$k$", "thr."]
+    header = [*lead, "paired", "torch\\_delta", "index\\_select", "rebuild floor",
+              "vs torch\\_delta", "vs index\\_select"]
+    spans = [(len(lead), ""), (4, "median per update [ms]"), (2, "paired speedup [$\\times$]")]
+    comment = ("micro_summary: median time of one cache update; paired speedups with 95% "
+               "intervals (paired-sample ratios); one block per host, shape and hidden size"
+               + (f"; uniform masks, gate on, {primary.dtype}" if primary else "")
+               + "\nmarks: dagger = implausible, double dagger = busy host (excluded)")
+    index = ["host_id", "N", "m", "hidden", "k_target", "threads"]
+    comps = {base: data.comparison(rows, "paired", f"speedup_vs_{base}", base,
+                                   full=merged.micro).set_index(index)
+             for base in ("torch_delta", "index_select")}
+    groups = []
+    for (host, n, m, hidden), block in rows.groupby(["host_id", "N", "m", "hidden"], sort=True):
+        body = []
+        for (k, threads), group in block.groupby(["k_target", "threads"], sort=True):
+            by = {meth: g.iloc[0] for meth, g in group.groupby("method")}
+            if not any(meth in by for meth in MICRO_METHODS):
+                continue
+            key = (host, n, m, hidden, k, threads)
+            body.append([fmt_int(k), fmt_int(threads),
+                         *[_ms(by.get(meth)) for meth in MICRO_METHODS],
+                         _ratio(comps["torch_delta"], key), _ratio(comps["index_select"], key)])
+        if body:
+            groups.append((f"{escape(host)}: $N$ = {fmt_int(n)}, $m$ = {fmt_int(m)}, hidden "
+                           f"{fmt_int(hidden)}", body))
+    body, starts = _with_headings(groups)
+    return tabular(header, body, "r" * len(header), comment=comment, groups=starts, spans=spans)
 
 
-E2E_METHODS = ["paired", "hybrid", "index_select", "dense"]
+E2E_METHODS = ["paired", "torch_delta", "no_pack", "dense"]
 
 
 def e2e_summary(merged: data.Merged) -> str:
     rows = data.e2e_selection(merged.e2e)
-    header = ["Host", "$m$", "batch", *[f"{escape(m)} [ms]" for m in E2E_METHODS],
-              "speedup [$\\times$]", "$\\bar k$"]
-    body, hosts = [], []
-    for (host, m, batch), group in rows.groupby(["host_id", "m", "batch"], sort=True):
-        by = {meth: g.iloc[0] for meth, g in group.groupby("method")}
-        paired = by.get("paired")
-        body.append([escape(host), fmt_int(m), fmt_int(batch),
-                     *[_ms(by[meth]["median_s"]) if meth in by else DASH for meth in E2E_METHODS],
-                     fmt_ratio(paired["speedup_vs_index_select"], na=DASH) if paired is not None
-                     else DASH,
-                     fmt_fixed(group["k_mean"].iloc[0], 1, na=DASH)])
-        hosts.append(host)
-    comment = ("e2e_summary: median time per decode step (update + sparse FFN); speedup: paired vs "
-               "index_select; k: mean additions per step")
-    return tabular(header, body, "lrrrrrrrr", comment=comment, groups=_group_starts(hosts))
+    lead = ["$m$", "batch", "thr."]
+    header = [*lead, *[escape(m) for m in E2E_METHODS], "vs torch\\_delta", "vs no\\_pack",
+              "$\\bar k$"]
+    spans = [(len(lead), ""), (len(E2E_METHODS), "median per step [ms]"),
+             (2, "paired speedup [$\\times$]"), (1, "")]
+    index = ["host_id", "benchmark", "m", "batch", "threads"]
+    comps = {base: data.comparison(rows, "paired", f"speedup_vs_{base}", base,
+                                   full=merged.e2e).set_index(index)
+             for base in ("torch_delta", "no_pack")}
+    groups = []
+    for (host, bench), block in rows.groupby(["host_id", "benchmark"], sort=True):
+        body = []
+        for (m, batch, threads), group in block.groupby(["m", "batch", "threads"], sort=True):
+            by = {meth: g.iloc[0] for meth, g in group.groupby("method")}
+            key = (host, bench, m, batch, threads)
+            body.append([fmt_int(m), fmt_int(batch), fmt_int(threads),
+                         *[_ms(by.get(meth)) for meth in E2E_METHODS],
+                         _ratio(comps["torch_delta"], key), _ratio(comps["no_pack"], key),
+                         fmt_fixed(group["k_mean"].iloc[0], 1, na=DASH)])
+        r0 = block.iloc[0]
+        groups.append((f"{escape(host)} ({escape(bench)}): $N$ = {fmt_int(r0['N'])}, hidden "
+                       f"{fmt_int(r0['hidden'])}", body))
+    comment = ("e2e_summary: median time per decode step (update + sparse FFN); paired speedups "
+               "with 95% intervals (paired-sample ratios); k: mean additions per step\n"
+               "marks: dagger = implausible, double dagger = busy host (excluded)")
+    body, starts = _with_headings(groups)
+    return tabular(header, body, "r" * len(header), comment=comment, groups=starts, spans=spans)
 
 
 def _cores(row: pd.Series) -> str:
@@ -90,12 +148,14 @@ def _cores(row: pd.Series) -> str:
 
 
 def hosts(merged: data.Merged) -> str:
-    header = ["Host", "CPU", "cores (phys./log.)", "L3", "memory [GiB]", "torch", "compiler"]
+    header = ["Host", "CPU", "cores", "L3", "mem. [GiB]", "torch", "compiler"]
     body = [[escape(r["host_id"]), escape(r["cpu_model"]), _cores(r), escape(r["cache_l3"]),
              fmt_fixed(r["memory_gib"], 0, na=DASH), escape(r["torch_version"]),
              escape(r["compiler"])]
             for _, r in merged.hosts.sort_values("host_id").iterrows()]
-    return tabular(header, body, "lllrrll", comment="hosts: one row per host folder")
+    # CPU and compiler strings are long: wrapped in paragraph columns to keep the page width.
+    return tabular(header, body, "lp{3.2cm}rrrlp{3.6cm}",
+                   comment="hosts: one row per host folder; cores: physical/logical")
 
 
 TABLES: dict[str, Callable[[data.Merged], str]] = {
