@@ -272,7 +272,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, tuning: bool = True) -> 
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="CSV to write (pyperf JSON goes next to it)")
     out.add_argument("--quiet", action="store_true", help="no progress lines")
-    timing = parser.add_argument_group("timing (pyperf)")
+    timing = parser.add_argument_group("timing (interleaved rounds in worker processes)")
     timing.add_argument("--processes", type=int, default=3,
                         help="worker processes, one after the other (each times every method)")
     timing.add_argument("--values", type=int, default=5,

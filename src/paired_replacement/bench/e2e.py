@@ -556,11 +556,6 @@ def _configs(args: argparse.Namespace, sweep: bool) -> list[Config]:
     return out
 
 
-def _ratio_columns(prefix: str, ratio: tuple[float, float, float] | None) -> dict[str, float]:
-    point, low, high = ratio if ratio is not None else (math.nan, math.nan, math.nan)
-    return {prefix: point, f"{prefix}_ci95_low": low, f"{prefix}_ci95_high": high}
-
-
 def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
     """Times and writes one e2e/sweep run (the gate runs in the first worker); returns the rows."""
     sweep = benchmark == "sweep"
@@ -601,7 +596,7 @@ def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
             for base in SPEEDUP_BASELINES:
                 ratio = stats.ratio_interval(values[base], values[name], seed=args.seed) \
                     if base in values else None
-                speedups.update(_ratio_columns(f"speedup_vs_{base}", ratio))
+                speedups.update(stats.ratio_columns(f"speedup_vs_{base}", ratio))
             floor = "ffn_floor" if name in PACKED_TORCH_FFN and "ffn_floor" in values else None
             efficiency = stats.ratio_interval(values[floor], values[name], seed=args.seed) \
                 if floor else None
@@ -615,7 +610,7 @@ def run(args: argparse.Namespace, benchmark: str) -> list[dict]:
                 "dtype": config.dtype, "rho": config.rho, "beta": config.beta, "steps": config.steps,
                 "active_mean": mstats["active_mean"], "k_mean": mstats["k_mean"],
                 **speedups, "floor_method": floor or "none",
-                **_ratio_columns("efficiency_vs_floor", efficiency),
+                **stats.ratio_columns("efficiency_vs_floor", efficiency),
                 "plausible": efficiency is None or efficiency[0] <= PLAUSIBLE_EFFICIENCY,
                 **load_columns,
             })

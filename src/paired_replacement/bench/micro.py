@@ -485,11 +485,6 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--gate: {exc}")
 
 
-def _ratio_columns(prefix: str, ratio: tuple[float, float, float] | None) -> dict[str, float]:
-    point, low, high = ratio if ratio is not None else (math.nan, math.nan, math.nan)
-    return {prefix: point, f"{prefix}_ci95_low": low, f"{prefix}_ci95_high": high}
-
-
 def floor_of(method: str, results: dict) -> str | None:
     """The floor method whose time bounds ``method``'s from below, if measured in the group."""
     if method in REBUILD_METHODS:
@@ -516,7 +511,7 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
         for base in SPEEDUP_BASELINES:
             ratio = stats.ratio_interval(values[base], values[method], seed=seed) \
                 if base in values else None
-            speedups.update(_ratio_columns(f"speedup_vs_{base}", ratio))
+            speedups.update(stats.ratio_columns(f"speedup_vs_{base}", ratio))
         floor = floor_of(method, methods)
         efficiency = stats.ratio_interval(values[floor], values[method], seed=seed) \
             if floor and rows_written else None
@@ -534,9 +529,9 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
             "gbps": bytes_moved / s["median_s"] / 1e9,
             **speedups,
             "floor_method": floor or "none",
-            **_ratio_columns("efficiency_vs_floor", efficiency),
+            **stats.ratio_columns("efficiency_vs_floor", efficiency),
             "plausible": plausible,
-            **_ratio_columns("control_ratio", control),
+            **stats.ratio_columns("control_ratio", control),
             "cycle_bytes": config["cycle_bytes"], "llc_bytes": config["llc_bytes"],
             "cache_state": config["cache_state"],
             **load_columns,

@@ -84,6 +84,12 @@ def summary(values_by_process: Sequence[Sequence[float]], *, seed: int = 0) -> d
             "stdev_s": float(flat.std(ddof=1)) if flat.size > 1 else 0.0}
 
 
+def ratio_columns(prefix: str, ratio: tuple[float, float, float] | None) -> dict[str, float]:
+    """``prefix``, ``prefix_ci95_low``, ``prefix_ci95_high`` of a results row (NaN when None)."""
+    point, low, high = ratio if ratio is not None else (math.nan, math.nan, math.nan)
+    return {prefix: point, f"{prefix}_ci95_low": low, f"{prefix}_ci95_high": high}
+
+
 def relative_half_width(point: float, low: float, high: float) -> float:
     """Half the interval's width relative to the point estimate (0.05 = +-5%)."""
     if not point or math.isnan(point):
