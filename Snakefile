@@ -12,9 +12,10 @@ include: "workflow/rules/common.smk"
 
 
 # Nested --config values arrive as strings (e.g. --config paper='{enabled: false}'); they are
-# converted to the schema's types first, then the config is validated and completed with the
-# schema's defaults before any rule is defined.
-validate(coerce_config(config), "workflow/schemas/config.schema.yaml")
+# converted to the schema's types first, then the config is checked (schema, then relations
+# between keys such as k <= m) and completed with the schema's defaults before any rule is
+# defined: a bad value stops the run here, in a few lines naming the key.
+validate_config(coerce_config(config))
 
 
 report: "workflow/report/workflow.rst"
@@ -38,3 +39,7 @@ rule all:
     input:
         final_targets(),
     localrule: True
+
+
+onsuccess:
+    report_skipped_hosts()

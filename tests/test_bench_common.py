@@ -59,9 +59,12 @@ def test_write_csv_orders_and_validates(tmp_path):
 @pytest.mark.parametrize("mutate,message", [
     (lambda f: f.drop(columns=["value"]), "missing \\['value'\\]"),
     (lambda f: f.assign(extra=1), "unexpected \\['extra'\\]"),
-    (lambda f: f.assign(updates="many"), "updates holds non-numbers"),
-    (lambda f: f.assign(updates=1.5), "updates must hold integers"),
-    (lambda f: f.assign(host_id=None), "host_id has empty values"),
+    (lambda f: f.assign(updates="many"), "line 2, column updates: not a number"),
+    (lambda f: f.assign(updates=1.5), "line 2, column updates: not an integer"),
+    (lambda f: f.assign(per_update="nan"), "line 2, column per_update: not a finite number"),
+    (lambda f: f.assign(value="-inf"), "line 2, column value: not a finite number"),
+    (lambda f: f.assign(gate="maybe"), "line 2, column gate: not true/false"),
+    (lambda f: f.assign(host_id=None), "line 2, column host_id: empty, but the schema requires"),
     (lambda f: f.iloc[0:0], "no rows"),
 ])
 def test_validate_refuses_broken_tables_naming_the_file(tmp_path, mutate, message):

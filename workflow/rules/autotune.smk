@@ -1,6 +1,7 @@
 # grain x par_threshold x tau on the configured shape: the winner (JSON, tied to this host's
 # fingerprint) feeds every benchmark of the host; the CSV of all candidates feeds the
-# autotune_landscape figure. Skipped entirely when autotune.enabled is false.
+# autotune_landscape figure. Skipped entirely when autotune.enabled is false. The masks and the
+# raw timings of both phases are outputs too (removed before a re-run).
 
 
 rule autotune:
@@ -9,8 +10,20 @@ rule autotune:
     output:
         json="results/hosts/{host}/autotune.json",
         csv="results/hosts/{host}/autotune.csv",
+        side=multiext(
+            "results/hosts/{host}/autotune",
+            ".tune.masks.pt",
+            ".tune.pyperf.json",
+            ".tune.pyperf.spec.json",
+            ".held_out.masks.pt",
+            ".held_out.pyperf.json",
+            ".held_out.pyperf.spec.json",
+        ),
     log:
         "logs/{host}/autotune.log",
+    message:
+        "{wildcards.host}: autotune, grain x par_threshold x tau per thread count, then the "
+        "winner on held-out masks (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -26,4 +39,4 @@ rule autotune:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench autotune {params.shape} {params.timing} "
         "--threads {params.threads} --build-dir {params.build_dir} "
-        "--out {output.json} --csv {output.csv} > {log} 2>&1"
+        "--out {output.json} --csv {output.csv} 2>&1 | tee {log}"

@@ -1,7 +1,10 @@
 # The benchmarks of one host. Each takes the host's build and (unless autotune.enabled is false)
 # its autotune JSON. None of them may run beside another benchmark of the host: each claims
 # every core of the job (threads) and the one `bench_slot` the profiles allow, and on a cluster
-# an --exclusive node (slurm_extra). Progress lines and the goal tables go to the logs.
+# an --exclusive node (slurm_extra); across Snakemake processes (an orphan of a killed run) the
+# benchmark's own lock on results/hosts/<host>/.bench.lock refuses a second one. Every file a
+# benchmark writes is an output, so Snakemake removes all of them before a re-run. Progress
+# lines (with an ETA) and the goal tables go to the terminal and to the log.
 
 
 rule micro:
@@ -9,8 +12,13 @@ rule micro:
         unpack(bench_inputs),
     output:
         csv="results/hosts/{host}/micro.csv",
+        pyperf="results/hosts/{host}/micro.pyperf.json",
+        spec="results/hosts/{host}/micro.pyperf.spec.json",
+        masks=directory("results/hosts/{host}/micro.masks"),
     log:
         "logs/{host}/micro.log",
+    message:
+        "{wildcards.host}: micro benchmark, one update vs k, every method interleaved (the longest step; progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -27,7 +35,7 @@ rule micro:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench micro {params.args} {params.timing} "
         "--threads {params.threads} --build-dir {params.build_dir} {params.tuning} "
-        "--out {output.csv} > {log} 2>&1"
+        "--out {output.csv} 2>&1 | tee {log}"
 
 
 rule e2e:
@@ -35,8 +43,12 @@ rule e2e:
         unpack(bench_inputs),
     output:
         csv="results/hosts/{host}/e2e.csv",
+        pyperf="results/hosts/{host}/e2e.pyperf.json",
+        spec="results/hosts/{host}/e2e.pyperf.spec.json",
     log:
         "logs/{host}/e2e.log",
+    message:
+        "{wildcards.host}: e2e benchmark, decode steps of a sparse SwiGLU FFN (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -53,7 +65,7 @@ rule e2e:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench e2e {params.args} {params.timing} "
         "--threads {params.threads} --build-dir {params.build_dir} {params.tuning} "
-        "--out {output.csv} > {log} 2>&1"
+        "--out {output.csv} 2>&1 | tee {log}"
 
 
 rule sweep:
@@ -61,8 +73,12 @@ rule sweep:
         unpack(bench_inputs),
     output:
         csv="results/hosts/{host}/sweep.csv",
+        pyperf="results/hosts/{host}/sweep.pyperf.json",
+        spec="results/hosts/{host}/sweep.pyperf.spec.json",
     log:
         "logs/{host}/sweep.log",
+    message:
+        "{wildcards.host}: sweep benchmark, decode steps over m x batch x hidden (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -79,7 +95,7 @@ rule sweep:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench sweep {params.args} {params.timing} "
         "--threads {params.threads} --build-dir {params.build_dir} {params.tuning} "
-        "--out {output.csv} > {log} 2>&1"
+        "--out {output.csv} 2>&1 | tee {log}"
 
 
 # Counters of the timed updates (perf stat, else cachegrind). The counted program is a
@@ -92,8 +108,11 @@ rule perf:
         core="csrc/paired_replacement/weight_cache.hpp",
     output:
         csv="results/hosts/{host}/perf.csv",
+        driver=directory("results/hosts/{host}/perf_driver"),
     log:
         "logs/{host}/perf.log",
+    message:
+        "{wildcards.host}: perf benchmark, counters of the timed updates (perf stat or cachegrind; {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -105,4 +124,4 @@ rule perf:
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench perf {params.args} --jobs {threads} "
-        "--out {output.csv} > {log} 2>&1"
+        "--out {output.csv} 2>&1 | tee {log}"

@@ -1,7 +1,9 @@
 # The ops compiled for this host (-march=native / -mcpu=native unless build.generic) into
 # results/hosts/{host}/build/ with a manifest; every benchmark of the host uses this build.
 # The C++ sources are inputs (an edit rebuilds, and re-runs the benchmarks); they are compiled
-# from the working tree (PAIRED_REPLACEMENT_SOURCE_ROOT), the same files as the inputs.
+# from the working tree (PAIRED_REPLACEMENT_SOURCE_ROOT), the same files as the inputs. The
+# library is an output; build/ninja/ is not: it is the compiler's cache, kept across re-runs so
+# that a rebuild recompiles only what changed.
 
 
 rule build:
@@ -12,8 +14,11 @@ rule build:
         flags="src/paired_replacement/_buildflags.py",
     output:
         manifest="results/hosts/{host}/build/manifest.json",
+        library="results/hosts/{host}/build/paired_replacement_ops.so",
     log:
         "logs/{host}/build.log",
+    message:
+        "{wildcards.host}: compiling the ops for this host ({log})"
     conda:
         "../envs/pipeline.yaml"
     resources:

@@ -8,6 +8,7 @@ Nothing here reads `config` at include time: the Snakefile validates the config 
 the schema's defaults) only after this file is included, and every function runs later.
 """
 
+import json
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ FIGURES = [
     "perf_counters",
     "autotune_landscape",
     "cross_host",
+    "micro_time",
 ]
 TABLES = ["micro_summary", "e2e_summary", "hosts"]
 MERGED_TABLES = ["micro", "e2e", "perf", "autotune", "hosts"]
@@ -90,6 +92,83 @@ def _coerce(value, schema):
     return value
 
 
+def _config_path(path):
+    """A schema error's location as a config key path, e.g. micro.k[2]."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def validate_config(cfg):
+    """Checks the config against the schema, then across fields; raises WorkflowError listing
+    every problem in a line each (the key path and what is wrong), before any job is planned.
+    On success the schema's defaults are filled in (snakemake.utils.validate)."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(cfg),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
+    problems = [f"{_config_path(e.absolute_path)}: {e.message}" for e in errors]
+    if not problems:
+        validate(cfg, str(SCHEMA_PATH))  # fills in the defaults
+        problems = cross_field_problems(cfg)
+    if problems:
+        raise WorkflowError(
+            "Invalid configuration (every key: config/README.md; the schema: "
+            "workflow/schemas/config.schema.yaml):\n  " + "\n  ".join(problems)
+        )
+
+
+def cross_field_problems(cfg):
+    """Relations between keys the schema cannot state; each would otherwise fail only when
+    its benchmark runs, possibly an hour into the study."""
+    problems = []
+
+    def need(ok, text):
+        if not ok:
+            problems.append(text)
+
+    micro = cfg["micro"]
+    swapping = set(micro["pattern"]) & {"uniform", "clustered"}
+    for n in micro["rows"]:
+        for m in micro["m"]:
+            need(m <= n, f"micro.m: {m} exceeds micro.rows {n} (need m <= rows)")
+            for k in micro["k"] if swapping else []:
+                need(k <= m, f"micro.k: {k} exceeds micro.m {m} (k of the m active rows are "
+                     "swapped)")
+                need(k <= n - m, f"micro.k: {k} exceeds the {n - m} inactive rows of "
+                     f"micro.rows {n} - micro.m {m}")
+    tune = cfg["autotune"]
+    need(tune["m"] <= tune["rows"], f"autotune.m: {tune['m']} exceeds autotune.rows "
+         f"{tune['rows']}")
+    for k in tune["k_list"]:
+        limit = min(tune["m"], tune["rows"] - tune["m"])
+        need(k <= limit, f"autotune.k_list: {k} exceeds min(autotune.m, autotune.rows - "
+             f"autotune.m) = {limit}")
+    need(cfg["e2e"]["m"] <= cfg["e2e"]["rows"], f"e2e.m: {cfg['e2e']['m']} exceeds e2e.rows "
+         f"{cfg['e2e']['rows']}")
+    for m in cfg["sweep"]["m_list"]:
+        need(m <= cfg["sweep"]["rows"], f"sweep.m_list: {m} exceeds sweep.rows "
+             f"{cfg['sweep']['rows']}")
+    perf = cfg["perf"]
+    need(perf["active"] <= perf["rows"], f"perf.active: {perf['active']} exceeds perf.rows "
+         f"{perf['rows']}")
+    for k in perf["k"]:
+        limit = min(perf["active"], perf["rows"] - perf["active"])
+        need(k <= limit, f"perf.k: {k} exceeds min(perf.active, perf.rows - perf.active) = "
+             f"{limit}")
+    primary = cfg["paper"]["primary_host"]
+    if primary and not cfg["redraw_only"]:
+        measured = list(cfg["hosts"]) or [host_id()]
+        need(primary in measured or Path(HOSTS_DIR, primary).is_dir(),
+             f"paper.primary_host: '{primary}' is neither measured by this run "
+             f"({', '.join(measured)}) nor a folder under {HOSTS_DIR}/")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # Hosts
 # --------------------------------------------------------------------------------------------
@@ -137,7 +216,9 @@ def copied_hosts():
 
 
 def host_outputs(host):
-    """Named result files the workflow makes for a target host."""
+    """Named result files the workflow makes for a target host. All of them are targets of
+    `all`: a result lost after the merge (a killed job, a moved file) is re-made, never left
+    missing behind an up-to-date merge."""
     outputs = {
         "hostinfo": f"{HOSTS_DIR}/{host}/hostinfo.json",
         "micro": f"{HOSTS_DIR}/{host}/micro.csv",
@@ -147,6 +228,7 @@ def host_outputs(host):
     }
     if config["autotune"]["enabled"]:
         outputs["autotune"] = f"{HOSTS_DIR}/{host}/autotune.csv"
+        outputs["autotune_json"] = f"{HOSTS_DIR}/{host}/autotune.json"
     return outputs
 
 
@@ -167,13 +249,23 @@ def merge_inputs(wildcards):
 
 
 def merged_tables():
-    """Named merged CSVs (the inputs of every figure, table and the numbers)."""
-    return {name: f"{MERGED_DIR}/{name}.csv" for name in MERGED_TABLES}
+    """Named merged CSVs and study.json (the inputs of every figure, table and the numbers)."""
+    tables = {name: f"{MERGED_DIR}/{name}.csv" for name in MERGED_TABLES}
+    study = f"{MERGED_DIR}/study.json"
+    # merged folders from before study.json existed still redraw (the analysis then knows no
+    # primary host and no config): only a merge of this workflow is sure to write it
+    if not config["redraw_only"] or Path(study).is_file():
+        tables["study"] = study
+    return tables
 
 
 def require_merged_tables():
     """redraw_only: the merged tables must already be there (no rule makes them)."""
-    missing = [path for path in merged_tables().values() if not Path(path).is_file()]
+    missing = [
+        path
+        for name, path in merged_tables().items()
+        if name != "study" and not Path(path).is_file()
+    ]
     if missing:
         raise WorkflowError(
             "redraw_only is true, so the figures are drawn from results/merged/ as it is, "
@@ -346,8 +438,22 @@ def perf_args():
     )
 
 
+def primary_host():
+    """The host the paper's headline quotes: paper.primary_host, else the first host this run
+    measures (never chosen by the sort order of the folders)."""
+    return config["paper"]["primary_host"] or target_hosts()[0]
+
+
 def merge_args():
-    return "--skip-invalid" if config["merge"]["skip_invalid"] else ""
+    flags = ["--primary-host", primary_host()]
+    if config["merge"]["skip_invalid"]:
+        flags.append("--skip-invalid")
+    return cli(flags)
+
+
+def study_config_text():
+    """The validated config (defaults filled in) as YAML: results/study_config.yaml."""
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,8 +502,11 @@ def paper_skip_reason():
 
 
 def final_targets():
-    """Default target: figures, tables and numbers, plus the PDF when it can be built."""
+    """Default target: every result file of the measured hosts, the figures, tables and
+    numbers, plus the PDF when it can be built."""
     targets = analysis_outputs()
+    if not config["redraw_only"]:
+        targets += [path for host in target_hosts() for path in host_outputs(host).values()]
     reason = paper_skip_reason()
     if reason is None:
         targets.append("paper/paper.pdf")
@@ -406,3 +515,21 @@ def final_targets():
             f"Paper PDF skipped: {reason}. Figures, tables and numbers are built."
         )
     return targets
+
+
+# --------------------------------------------------------------------------------------------
+# End of run
+# --------------------------------------------------------------------------------------------
+def report_skipped_hosts():
+    """After a successful run: say on the terminal which host folders merge left out (they are
+    also listed in the paper's hosts table), so a paper built from fewer hosts is never silent."""
+    study = Path(MERGED_DIR, "study.json")
+    try:
+        skipped = json.loads(study.read_text()).get("skipped_hosts", [])
+    except (OSError, ValueError):
+        return
+    for entry in skipped:
+        logger.warning(
+            f"Host '{entry['host']}' was left out of the merge (merge.skip_invalid): "
+            f"{entry['file']}: {entry['reason']}. The paper lists it as skipped."
+        )

@@ -22,6 +22,8 @@ rule figures:
         ),
     log:
         "logs/figures/{name}.log",
+    message:
+        "Drawing figure {wildcards.name} from results/merged/"
     wildcard_constraints:
         name="|".join(FIGURES),
     localrule: True
@@ -39,9 +41,16 @@ rule tables:
         **merged_tables(),
         code=analysis_code(),
     output:
-        tex="paper/tables/{name}.tex",
+        tex=report(
+            "paper/tables/{name}.tex",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
     log:
         "logs/tables/{name}.log",
+    message:
+        "Writing table {wildcards.name} from results/merged/"
     wildcard_constraints:
         name="|".join(TABLES),
     localrule: True
@@ -59,9 +68,15 @@ rule numbers:
         **merged_tables(),
         code=analysis_code(),
     output:
-        tex="paper/generated/numbers.tex",
+        tex=report(
+            "paper/generated/numbers.tex",
+            caption="../report/numbers.rst",
+            category="Numbers",
+        ),
     log:
         "logs/numbers.log",
+    message:
+        "Writing the numbers and data-dependent sentences of the paper (numbers.tex)"
     localrule: True
     conda:
         "../envs/pipeline.yaml"

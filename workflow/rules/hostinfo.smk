@@ -7,6 +7,8 @@ rule hostinfo:
         json="results/hosts/{host}/hostinfo.json",
     log:
         "logs/{host}/hostinfo.log",
+    message:
+        "{wildcards.host}: describing the machine (CPU, caches, ISA, memory, versions)"
     conda:
         "../envs/pipeline.yaml"
     resources:

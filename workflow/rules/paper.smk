@@ -15,6 +15,8 @@ rule paper:
         pdf=report("paper/paper.pdf", caption="../report/paper.rst", category="Paper"),
     log:
         "logs/paper.log",
+    message:
+        "Building paper/paper.pdf with latexmk ({log})"
     localrule: True
     conda:
         "../envs/latex.yaml"

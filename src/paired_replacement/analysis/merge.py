@@ -5,12 +5,16 @@
 Every folder ``<hosts-dir>/<host>/`` (sorted by name; names starting with '.' are ignored) must
 hold ``hostinfo.json`` and may hold ``micro.csv``, ``e2e.csv``, ``sweep.csv``, ``perf.csv`` and
 ``autotune.csv`` (anything else there -- pyperf JSON, build/, autotune.json -- is not read). Each
-CSV must validate against its schema (sweep.csv: the e2e schema), end with a newline and have as
+CSV is read by the one reader of results (``common.read_results_csv``): it must validate against its
+schema (sweep.csv: the e2e schema: finite numbers, no empty required cell, ratios present exactly
+where their baseline was measured and agreeing with the medians), end with a newline and have as
 many fields in every line as in its header (a truncated copy fails), and its ``host_id`` column
 must equal the folder name, as must hostinfo.json's ``host_id``.
 
 Output, in ``--out-dir``: ``micro.csv``, ``e2e.csv`` (e2e then sweep rows), ``perf.csv``,
-``autotune.csv`` and ``hosts.csv`` (one row per hostinfo.json, schema ``hosts``). Cell text is
+``autotune.csv``, ``hosts.csv`` (one row per hostinfo.json, schema ``hosts``) and ``study.json``
+(the primary host, whether the results are a smoke run, the workflow config they were made
+with, the hosts merged and the hosts skipped with why: :func:`study_record`). Cell text is
 copied verbatim (no float re-formatting), so merging the same folders twice gives identical bytes.
 A kind no host measured is written as its header alone. The merged tables are validated again.
 
@@ -22,8 +26,6 @@ read. Outputs are written to temporary files first and renamed into place once a
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -34,6 +36,9 @@ import pandas as pd
 
 from ..bench import common
 from .data import HOST_CSVS, HOSTINFO, MERGED_TABLES
+
+#: the study record next to the merged tables (see :func:`study_record`)
+STUDY_JSON = "study.json"
 
 
 class HostError(ValueError):
@@ -47,31 +52,15 @@ class HostError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # One host folder
 # ---------------------------------------------------------------------------------------------
-def _check_shape(path: Path) -> None:
-    """Truncation checks the schema validation cannot make: a final newline, no ragged lines."""
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        raise ValueError("truncated (the last line has no newline)")
-    lines = list(csv.reader(io.StringIO(text, newline="")))
-    if not lines:
-        raise ValueError("empty file")
-    width = len(lines[0])
-    for number, fields in enumerate(lines[1:], start=2):
-        if len(fields) != width:
-            raise ValueError(f"line {number} has {len(fields)} fields, the header {width} "
-                             "(truncated or corrupt)")
-
-
 def read_csv(folder: Path, file: str, schema: str) -> pd.DataFrame:
-    """The CSV as text cells (verbatim), after validation; raises HostError."""
+    """The CSV as text cells (verbatim), after the one reader's checks
+    (:func:`common.read_results_csv`: shape, schema, finite numbers, required cells, ratios);
+    raises HostError."""
     path = folder / file
     try:
-        _check_shape(path)
-        common.validate_csv(path, schema)
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:  # SchemaError is a ValueError
-        reason = str(exc).replace(f"{path}: ", "")
-        raise HostError(folder, file, reason) from exc
+        frame = common.read_results_csv(path, schema)
+    except common.SchemaError as exc:
+        raise HostError(folder, file, str(exc).replace(f"{path}: ", "")) from exc
     wrong = sorted(set(frame["host_id"]) - {folder.name})
     if wrong:
         raise HostError(folder, file, f"host_id {wrong} does not match the folder name "
@@ -109,6 +98,9 @@ def hosts_row(info: dict) -> dict[str, str]:
     flags = info.get("isa_flags") or []
     return {
         "host_id": _text(info.get("host_id")),
+        # hostinfo.json before host labels: the short hostname it recorded
+        "host_label": _text(info.get("host_label"),
+                            _text(str(info.get("hostname") or "").split(".")[0])),
         "cpu_model": _text(info.get("cpu_model")),
         "logical_cpus": _number(info.get("logical_cpus")),
         "physical_cores": _number(info.get("physical_cores")),
@@ -176,14 +168,22 @@ def merge_frames(per_host: list[dict[str, list[pd.DataFrame]]]) -> dict[str, pd.
         frames = [f for tables in per_host for f in tables[kind]]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         frame = frame.reindex(columns=columns)
-        if not frame.empty:
+        if not frame.empty:  # the same checks as each host's file (common.read_results_csv)
             common.validate_frame(frame, schema, f"merged {kind}.csv")
+            common.check_ratios(frame, schema, f"merged {kind}.csv")
         merged[kind] = frame
     return merged
 
 
-def write_outputs(merged: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """All tables to temporary files, then each renamed into place (no partial set on error)."""
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    return tmp
+
+
+def write_outputs(merged: dict[str, pd.DataFrame], study: dict, out_dir: Path) -> list[Path]:
+    """All tables and study.json to temporary files, then each renamed into place (no partial
+    set on error)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pending: list[tuple[Path, Path]] = []
     try:
@@ -192,6 +192,9 @@ def write_outputs(merged: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
             tmp = out_dir / f".{kind}.csv.tmp-{os.getpid()}"
             pending.append((tmp, final))
             frame.to_csv(tmp, index=False, lineterminator="\n")
+        final = out_dir / STUDY_JSON
+        pending.append((_write_text(final, json.dumps(study, indent=2, sort_keys=True) + "\n"),
+                        final))
     except BaseException:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
@@ -201,7 +204,47 @@ def write_outputs(merged: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     return [final for _, final in pending]
 
 
+def load_config(path: Path | None) -> dict | None:
+    """The workflow config the results were made with (YAML or JSON), or None."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--study-config {path}: not YAML ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"--study-config {path}: not a mapping")
+    return config
+
+
+def is_smoke(config: dict | None, merged: dict[str, pd.DataFrame]) -> bool:
+    """Results not fit for a paper: made with pyperf's fast mode (the smoke config), or, when
+    the config is not known, every timed row from a single process (no interval over
+    processes)."""
+    if config is not None:
+        return bool(config.get("timing", {}).get("fast", False))
+    counts = [pd.to_numeric(merged[kind]["n_processes"], errors="coerce")
+              for kind in ("micro", "e2e") if not merged[kind].empty]
+    return bool(counts) and all((c <= 1).all() for c in counts)
+
+
+def study_record(config: dict | None, primary_host: str | None, used: list[str],
+                 errors: list[HostError], merged: dict[str, pd.DataFrame]) -> dict:
+    """What the figures, tables and paper need to know about the study besides the tables."""
+    return {
+        "primary_host": primary_host,
+        "smoke": is_smoke(config, merged),
+        "config": config,
+        "hosts": used,
+        "skipped_hosts": [{"host": e.folder.name, "file": e.file, "reason": e.reason}
+                          for e in errors],
+    }
+
+
 def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
+          primary_host: str | None = None, study_config: Path | None = None,
           quiet: bool = False) -> int:
     if not hosts_dir.is_dir():
         print(f"error: --hosts-dir {hosts_dir} is not a folder", file=sys.stderr)
@@ -209,6 +252,11 @@ def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
     if out_dir.resolve().is_relative_to(hosts_dir.resolve()):
         print(f"error: --out-dir {out_dir} lies inside --hosts-dir {hosts_dir}, which merge "
               "never writes to", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(study_config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     per_host, used, errors = [], [], []
     for folder in host_folders(hosts_dir):
@@ -225,6 +273,13 @@ def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
         return 1
     for exc in errors:
         print(f"warning: skipping host '{exc.folder.name}': {exc}", file=sys.stderr)
+    if primary_host and primary_host not in used:
+        why = ("was skipped (above)" if primary_host in {e.folder.name for e in errors}
+               else f"has no folder in {hosts_dir}")
+        print(f"error: the primary host '{primary_host}' {why}; the paper's headline would come "
+              "from another host. Choose one of: " + (", ".join(used) or "(none)"),
+              file=sys.stderr)
+        return 1
     try:
         merged = merge_frames(per_host)
     except common.SchemaError as exc:  # e.g. two hosts disagreeing on a column's type
@@ -233,10 +288,14 @@ def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
     if not used:
         print(f"warning: no usable host folder in {hosts_dir}; writing header-only tables",
               file=sys.stderr)
-    paths = write_outputs(merged, out_dir)
+    study = study_record(config, primary_host or None, used, errors, merged)
+    paths = write_outputs(merged, study, out_dir)
     if not quiet:
-        counts = ", ".join(f"{p.name}: {len(merged[p.stem])} rows" for p in paths)
-        print(f"merged {len(used)} host(s) [{' '.join(used)}] -> {out_dir} ({counts})")
+        counts = ", ".join(f"{p.name}: {len(merged[p.stem])} rows" for p in paths
+                           if p.suffix == ".csv")
+        skipped = f"; SKIPPED {len(errors)}: {' '.join(e.folder.name for e in errors)}" \
+            if errors else ""
+        print(f"merged {len(used)} host(s) [{' '.join(used)}]{skipped} -> {out_dir} ({counts})")
     return 0
 
 
@@ -249,6 +308,12 @@ def add_parser(subparsers) -> None:
                    help="where micro.csv, e2e.csv, perf.csv, autotune.csv, hosts.csv go")
     p.add_argument("--skip-invalid", action="store_true",
                    help="leave out (with a warning) host folders that do not validate")
+    p.add_argument("--primary-host", default=None,
+                   help="host whose results the paper's headline quotes (must be merged)")
+    p.add_argument("--study-config", type=Path, default=None,
+                   help="the workflow config the results were made with (YAML/JSON), copied "
+                        "into study.json")
     p.add_argument("--quiet", action="store_true", help="no summary line")
     p.set_defaults(func=lambda a: merge(a.hosts_dir, a.out_dir, skip_invalid=a.skip_invalid,
-                                        quiet=a.quiet))
+                                        primary_host=a.primary_host,
+                                        study_config=a.study_config, quiet=a.quiet))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -50,17 +51,35 @@ def column_names(name: str) -> list[str]:
     return [c["name"] for c in load_schema(name)]
 
 
-_CHECKS = {
-    "integer": lambda s: s.map(lambda v: float(v).is_integer()).all(),
-    "number": lambda s: True,
-    "boolean": lambda s: s.map(lambda v: v in (True, False, "True", "False", "true", "false")).all(),
-    "string": lambda s: True,
-}
+#: boolean cells as the analysis reads them (data.coerce), in any case
+_BOOLEANS = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+#: a recorded ratio may differ from the ratio of the two medians (it is the median of the
+#: round-by-round ratios, not a ratio of medians: up to 1.1x apart in the default study);
+#: beyond this factor the cell was edited, mixed up or corrupted, not measured
+RATIO_AGREEMENT = 3.0
+
+
+def _to_float(value) -> float | None:
+    """The cell as a float (``nan``/``inf`` included, to be refused as non-finite); None when
+    it is not a number at all."""
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _empty(series):
+    return series.isna() | (series.astype(str).str.strip() == "")
 
 
 def validate_frame(frame, name: str, source: str = "<table>") -> None:
-    """Raises SchemaError naming ``source`` unless ``frame`` has exactly the schema's columns, in
-    order, with values of the documented types (numbers may be empty only where noted as such)."""
+    """Raises SchemaError naming ``source``, the column and the line unless ``frame`` has exactly
+    the schema's columns, in order, with values of the documented types: numbers finite (no
+    ``nan``/``inf``), integers whole, booleans true/false, and no empty cell in a column the
+    schema marks ``required``. (Relations between rows: :func:`check_ratios`.)
+
+    ``frame`` may hold text cells (a CSV read with ``dtype=str, keep_default_na=False``, as
+    :func:`read_results_csv` does) or typed values (rows about to be written; NaN = empty)."""
     import pandas as pd
 
     columns = load_schema(name)
@@ -73,34 +92,139 @@ def validate_frame(frame, name: str, source: str = "<table>") -> None:
                           f"(missing {missing}, unexpected {extra}, or out of order)")
     if frame.empty:
         raise SchemaError(f"{source}: no rows")
+
+    def fail(col: str, labels, what: str) -> None:
+        label = labels[0]
+        line = frame.index.get_loc(label) + 2  # 1-based, after the header
+        raise SchemaError(f"{source}: line {line}, column {col}: {what} "
+                          f"(got {str(frame[col][label])!r})")
+
     for col in columns:
         series = frame[col["name"]]
+        empty = _empty(series)
+        if col.get("required") and empty.any():
+            fail(col["name"], series.index[empty], "empty, but the schema requires a value")
+        present = series[~empty]
         if col["type"] in ("integer", "number"):
-            numeric = pd.to_numeric(series, errors="coerce")
-            bad = numeric.isna() & series.notna() & (series.astype(str).str.strip() != "")
-            if bad.any():
-                raise SchemaError(f"{source}: column {col['name']} holds non-numbers, e.g. "
-                                  f"{series[bad].iloc[0]!r}")
-            present = numeric.dropna()
-            if col["type"] == "integer" and not _CHECKS["integer"](present):
-                raise SchemaError(f"{source}: column {col['name']} must hold integers")
+            numeric = present.map(_to_float).astype(object)
+            garbage = numeric.map(lambda v: v is None).astype(bool)
+            if garbage.any():
+                fail(col["name"], present.index[garbage], "not a number")
+            infinite = ~numeric.map(math.isfinite).astype(bool)
+            if infinite.any():
+                fail(col["name"], present.index[infinite], "not a finite number")
+            fractional = numeric.map(lambda v: not float(v).is_integer()).astype(bool)
+            if col["type"] == "integer" and fractional.any():
+                fail(col["name"], present.index[fractional], "not an integer")
         elif col["type"] == "boolean":
-            if not _CHECKS["boolean"](series.dropna()):
-                raise SchemaError(f"{source}: column {col['name']} must hold true/false")
-        elif series.isna().any():
-            raise SchemaError(f"{source}: column {col['name']} has empty values")
+            wrong = ~present.map(lambda v: str(v).strip().lower() in _BOOLEANS).astype(bool)
+            if wrong.any():
+                fail(col["name"], present.index[wrong], "not true/false")
+
+
+def _ratio_bases(name: str) -> list[str]:
+    names = column_names(name)
+    return [c[len("speedup_vs_"):] for c in names
+            if c.startswith("speedup_vs_") and not c.endswith(("_ci95_low", "_ci95_high"))]
+
+
+def check_ratios(frame, name: str, source: str = "<table>") -> None:
+    """Cross-row checks of the ratio columns ``speedup_vs_<baseline>`` (micro, e2e).
+
+    Within one measured configuration (host, benchmark, config_hash, threads): the ratio is
+    given on every row when the baseline was measured there and on none when it was not, its
+    interval brackets it, and it agrees with the ratio of the two medians within
+    :data:`RATIO_AGREEMENT`. So a median or a ratio that was emptied, edited or mixed up between
+    files is refused instead of shown next to a "--"."""
+    import pandas as pd
+
+    bases = _ratio_bases(name)
+    if not bases or "method" not in frame.columns:
+        return
+    number = {c: pd.to_numeric(frame[c].where(~_empty(frame[c])).astype(str).str.strip(),
+                               errors="coerce")
+              for c in ["median_s"] + [f"speedup_vs_{b}{s}" for b in bases
+                                       for s in ("", "_ci95_low", "_ci95_high")]}
+    keys = ["host_id", "benchmark", "config_hash", "threads"]
+    for _, group in frame.groupby(keys, sort=False):
+        idx = group.index
+        methods = list(group["method"])
+        for base in bases:
+            col = f"speedup_vs_{base}"
+            ratio = number[col][idx]
+            where = f"{source}: {col} of the configuration {group['config_hash'].iloc[0]} " \
+                    f"at {group['threads'].iloc[0]} thread(s)"
+            if base not in methods:
+                if ratio.notna().any():
+                    raise SchemaError(f"{where}: given, but no row of method {base} was "
+                                      "measured there")
+                continue
+            if ratio.isna().any():
+                method = group["method"][ratio.isna()].iloc[0]
+                raise SchemaError(f"{where}: empty on the {method} row although {base} was "
+                                  "measured")
+            low, high = number[col + "_ci95_low"][idx], number[col + "_ci95_high"][idx]
+            outside = (low > ratio * (1 + 1e-9)) | (high < ratio * (1 - 1e-9))
+            if outside.any():
+                raise SchemaError(f"{where}: the interval does not contain the ratio on the "
+                                  f"{group['method'][outside].iloc[0]} row")
+            base_median = number["median_s"][idx][group["method"] == base].iloc[0]
+            of_medians = base_median / number["median_s"][idx]
+            off = (ratio / of_medians).map(lambda q: not (1 / RATIO_AGREEMENT <= q
+                                                          <= RATIO_AGREEMENT))
+            if off.any():
+                method = group["method"][off].iloc[0]
+                raise SchemaError(
+                    f"{where}: {ratio[off].iloc[0]:.4g} on the {method} row disagrees with the "
+                    f"ratio of the medians ({of_medians[off].iloc[0]:.4g}) by more than "
+                    f"{RATIO_AGREEMENT:g}x: edited or mixed up")
+
+
+def _check_shape(path: Path, text: str) -> None:
+    """Truncation checks a table check cannot make: a final newline, no ragged lines."""
+    import csv
+    import io
+
+    if text and not text.endswith("\n"):
+        raise SchemaError(f"{path}: truncated (the last line has no newline)")
+    lines = list(csv.reader(io.StringIO(text, newline="")))
+    if not lines:
+        raise SchemaError(f"{path}: empty file")
+    width = len(lines[0])
+    for number, fields in enumerate(lines[1:], start=2):
+        if len(fields) != width:
+            raise SchemaError(f"{path}: line {number} has {len(fields)} fields, the header "
+                              f"{width} (truncated or corrupt)")
+
+
+def read_results_csv(path: str | Path, name: str):
+    """THE reader of a results CSV, for every check (a host's file at merge, the merged table,
+    a test): the cells as text, verbatim (no NaN conversion: ``nan`` is refused, not read as
+    empty), after the shape checks, :func:`validate_frame` and :func:`check_ratios`. Raises
+    SchemaError naming the file, the line and the column."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path}: unreadable ({exc})") from exc
+    _check_shape(path, text)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise SchemaError(f"{path}: unreadable as CSV ({exc})") from exc
+    validate_frame(frame, name, str(path))
+    check_ratios(frame, name, str(path))
+    return frame
 
 
 def validate_csv(path: str | Path, name: str):
-    """Reads and validates a results CSV; returns it as a DataFrame."""
+    """Checks a results CSV with :func:`read_results_csv`; returns it with pandas' types."""
     import pandas as pd
 
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SchemaError(f"{path}: unreadable as CSV ({exc})") from exc
-    validate_frame(frame, name, str(path))
-    return frame
+    read_results_csv(path, name)
+    return pd.read_csv(path)
 
 
 def write_csv(rows: list[dict], path: str | Path, name: str) -> None:

@@ -1,7 +1,10 @@
 """Host description: who measured a result, on what.
 
-``host_id()`` names the host in every CSV row and in ``results/hosts/<host>/``; set
-``PAIRED_REPLACEMENT_HOST`` to override the short hostname (e.g. one id per node type on a cluster).
+``host_id()`` names the host in every CSV row and in ``results/hosts/<host>/``: the short hostname
+plus six hex digits of a hash of what tells machines apart (``machine_key()``), e.g. ``vm-3f2a1c``,
+so that two generic machines both called "vm" never share a folder; ``host_label()`` is the
+human name (the short hostname) shown next to it. Set ``PAIRED_REPLACEMENT_HOST`` to choose the id
+(e.g. one id per node type on a cluster).
 ``host_info()`` is the JSON the ``hostinfo`` CLI writes; ``fingerprint()`` is what autotune results
 are tied to (a JSON from another host is refused).
 """
@@ -9,6 +12,7 @@ are tied to (a JSON from another host is refused).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -23,10 +27,49 @@ HOST_ENV = "PAIRED_REPLACEMENT_HOST"
 _SYS_CPU = Path("/sys/devices/system/cpu")
 
 
+#: files that hold an id of this OS installation (systemd / D-Bus machine id)
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+_SYS_NET = Path("/sys/class/net")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def host_label() -> str:
+    """The human name of this machine: its short hostname (not unique: many VMs are "vm")."""
+    return _safe(socket.gethostname().split(".")[0] or "unknown-host")
+
+
+def machine_key() -> str:
+    """What tells this machine apart, stable across reboots: the OS installation's machine id,
+    the MAC addresses of the physical network interfaces and the full hostname. Two clones of
+    one VM image with equal hostnames, machine ids and MACs cannot be told apart: give them ids
+    with PAIRED_REPLACEMENT_HOST."""
+    parts = [socket.gethostname()]
+    for name in MACHINE_ID_FILES:
+        try:
+            parts.append(Path(name).read_text().strip())
+            break
+        except OSError:
+            continue
+    try:
+        for nic in sorted(_SYS_NET.iterdir()):
+            if (nic / "device").exists():  # physical (or paravirtual) devices only
+                parts.append((nic / "address").read_text().strip())
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
 def host_id() -> str:
-    """Short, filesystem-safe host name ([A-Za-z0-9_.-])."""
-    raw = os.environ.get(HOST_ENV) or socket.gethostname().split(".")[0] or "unknown-host"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+    """Filesystem-safe host id ([A-Za-z0-9_.-]): PAIRED_REPLACEMENT_HOST when set, else
+    ``<short hostname>-<6 hex digits of machine_key()>``."""
+    chosen = os.environ.get(HOST_ENV)
+    if chosen:
+        return _safe(chosen)
+    digest = hashlib.sha256(machine_key().encode()).hexdigest()[:6]
+    return f"{host_label()}-{digest}"
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -120,6 +163,7 @@ def host_info() -> dict:
 
     return {
         **fingerprint(),
+        "host_label": host_label(),
         "hostname": socket.gethostname(),
         "physical_cores": _physical_cores(),
         "isa_flags": isa_flags(),
