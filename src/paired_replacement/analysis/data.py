@@ -11,9 +11,14 @@ Row selection, shared by figures, tables and numbers so that they all talk about
   (the dtype of the first such row in merged order, i.e. the first ``--dtype`` of the
   alphabetically first host that ran it), every thread count (the study measures each
   configuration at several thread counts, e.g. 1 and 2; they are shown side by side, never mixed).
-* **primary configuration** (:func:`primary_config`): in the micro selection, the (N, m, hidden)
-  with the most rows over all hosts (ties: the first in merged order), on the first host
-  alphabetically that has it, at every thread count that host measured there. Micro figures and
+* **primary configuration** (:func:`primary_config`): the *primary host* is ``primary_host`` of
+  ``study.json`` (:func:`load_study`; the workflow config's ``paper.primary_host`` or the host
+  that made the run) when it has micro rows; else the only host with micro rows; else (several
+  hosts, none chosen) the old rule: in the micro selection, the (N, m, hidden) with the most rows
+  over all hosts (ties: the first in merged order), on the first host alphabetically that has it.
+  :attr:`Primary.source` says which rule chose it, so the text can say so. On a chosen host the
+  dtype is that host's first and the (N, m, hidden) its most measured; every thread count that
+  host measured there. Micro figures and
   the micro table show every host at the primary (N, m) (a host without it: at its own most
   measured (N, m), named in the panel / a column); ``cross_host`` shows the hosts that measured
   the primary (N, m, hidden), each at its largest thread count (:func:`default_threads`).
@@ -33,6 +38,7 @@ never headline methods (:data:`NEVER_HEADLINE_ROLES`).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -50,6 +56,8 @@ MERGED_TABLES = {"micro": "micro", "e2e": "e2e", "perf": "perf", "autotune": "au
 HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.csv": "perf",
              "autotune.csv": "autotune"}
 HOSTINFO = "hostinfo.json"
+#: what merge knows about the study (primary host, smoke, config, hosts, skipped hosts)
+STUDY_FILE = "study.json"
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -112,12 +120,72 @@ def load_table(merged_dir: str | Path, kind: str, *, warn: bool = True) -> pd.Da
     return coerce(frame, name).reset_index(drop=True)
 
 
+def default_study() -> dict:
+    """What :func:`load_study` gives without ``study.json``."""
+    return {"primary_host": None, "smoke": False, "config": None, "hosts": [],
+            "skipped_hosts": []}
+
+
+def _check(ok: bool, path: Path, what: str) -> None:
+    if not ok:
+        raise common.SchemaError(f"{path}: {what}")
+
+
+def load_study(merged_dir: str | Path) -> dict:
+    """``<merged_dir>/study.json`` (written by merge): ``primary_host`` (str or null), ``smoke``
+    (bool), ``config`` (object or null), ``hosts`` (list of str), ``skipped_hosts`` (list of
+    objects with ``host``, ``file``, ``reason``). A missing file gives :func:`default_study`; a
+    missing key its default; a malformed file raises SchemaError naming it."""
+    path = Path(merged_dir) / STUDY_FILE
+    study = default_study()
+    if not path.is_file():
+        return study
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise common.SchemaError(f"{path}: not readable as JSON ({exc})") from exc
+    _check(isinstance(raw, dict), path, "expected a JSON object")
+    study.update({k: v for k, v in raw.items() if k in study})
+    _check(study["primary_host"] is None or (isinstance(study["primary_host"], str)
+                                             and study["primary_host"] != ""), path,
+           "'primary_host' must be a host id or null")
+    _check(isinstance(study["smoke"], bool), path, "'smoke' must be true or false")
+    _check(study["config"] is None or isinstance(study["config"], dict), path,
+           "'config' must be an object or null")
+    _check(isinstance(study["hosts"], list) and all(isinstance(h, str) for h in study["hosts"]),
+           path, "'hosts' must be a list of host ids")
+    skipped = study["skipped_hosts"]
+    _check(isinstance(skipped, list) and all(
+        isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("host", "file", "reason"))
+        for s in skipped), path,
+        "'skipped_hosts' must be a list of {host, file, reason} objects (strings)")
+    return study
+
+
 class Merged:
-    """The merged tables of one folder, each loaded on first use."""
+    """The merged tables of one folder, each loaded on first use, plus ``study.json``
+    (:attr:`study`, :attr:`has_study`) and the primary configuration (:attr:`primary`)."""
 
     def __init__(self, merged_dir: str | Path, *, warn: bool = True) -> None:
         self.dir, self.warn = Path(merged_dir), warn
         self._cache: dict[str, pd.DataFrame] = {}
+        self._study: dict | None = None
+
+    @property
+    def study(self) -> dict:
+        if self._study is None:
+            self._study = load_study(self.dir)
+        return self._study
+
+    @property
+    def has_study(self) -> bool:
+        return (self.dir / STUDY_FILE).is_file()
+
+    @property
+    def primary(self) -> "Primary | None":
+        if "primary" not in self.__dict__:
+            self.__dict__["primary"] = primary_config(self.micro, self.study)
+        return self.__dict__["primary"]
 
     def __getitem__(self, kind: str) -> pd.DataFrame:
         if kind not in self._cache:
@@ -178,9 +246,10 @@ def first_dtype(micro: pd.DataFrame) -> str | None:
     return None if rows.empty else str(rows["dtype"].iloc[0])
 
 
-def micro_selection(micro: pd.DataFrame) -> pd.DataFrame:
-    """Uniform pattern, gate on, first dtype, every thread count (all N, m, hidden, k)."""
-    dtype = first_dtype(micro)
+def micro_selection(micro: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
+    """Uniform pattern, gate on, ``dtype`` (default: the first dtype), every thread count (all N,
+    m, hidden, k)."""
+    dtype = dtype or first_dtype(micro)
     if dtype is None:
         return micro.iloc[0:0]
     return micro[(micro["pattern"] == "uniform") & micro["gate"] & (micro["dtype"] == dtype)]
@@ -196,35 +265,57 @@ class Primary:
     hidden: int
     dtype: str
     threads: tuple[int, ...]  # every thread count the host measured there, ascending
+    #: how the host was chosen: "config" (study.json's primary_host), "only" (the only host with
+    #: micro rows) or "fallback" (several hosts and none chosen: the first alphabetically of
+    #: those with the most measured configuration)
+    source: str = "fallback"
+    #: study.json's primary_host when it was not used (it has no micro rows), else None
+    requested: str | None = None
 
 
-def primary_config(micro: pd.DataFrame) -> Primary | None:
-    rows = micro_selection(micro)
-    if rows.empty:
+def primary_config(micro: pd.DataFrame, study: dict | None = None) -> Primary | None:
+    """The primary configuration (see the module docstring); ``study``: :func:`load_study`."""
+    usable = micro[(micro["pattern"] == "uniform") & micro["gate"]]
+    if usable.empty:
         return None
-    dtype = str(rows["dtype"].iloc[0])
-    n, m, hidden = mode_key(rows, ["N", "m", "hidden"])
-    rows = where(rows, N=n, m=m, hidden=hidden)
-    host = sorted(rows["host_id"].unique())[0]
-    threads = tuple(thread_counts(rows[rows["host_id"] == host]))
-    return Primary(str(host), int(n), int(m), int(hidden), dtype, threads)
+    hosts = list(dict.fromkeys(usable["host_id"]))
+    wanted = (study or {}).get("primary_host")
+    if wanted in hosts or len(hosts) == 1:
+        host = wanted if wanted in hosts else hosts[0]
+        source = "config" if wanted == host else "only"
+        rows = usable[usable["host_id"] == host]
+        dtype = str(rows["dtype"].iloc[0])
+        rows = rows[rows["dtype"] == dtype]
+        n, m, hidden = mode_key(rows, ["N", "m", "hidden"])
+    else:
+        source = "fallback"
+        rows = micro_selection(micro)
+        dtype = str(rows["dtype"].iloc[0])
+        n, m, hidden = mode_key(rows, ["N", "m", "hidden"])
+        host = sorted(where(rows, N=n, m=m, hidden=hidden)["host_id"].unique())[0]
+    rows = where(rows, host_id=host, N=n, m=m, hidden=hidden)
+    threads = tuple(thread_counts(rows))
+    requested = wanted if wanted and wanted != host else None
+    return Primary(str(host), int(n), int(m), int(hidden), dtype, threads, source, requested)
 
 
 def primary_rows(micro: pd.DataFrame, primary: Primary | None) -> pd.DataFrame:
     """P's own rows: its host, (N, m, hidden), uniform, gate on, its dtype, every thread count."""
     if primary is None:
         return micro.iloc[0:0]
-    return where(micro_selection(micro), host_id=primary.host, N=primary.N, m=primary.m,
-                 hidden=primary.hidden)
+    return where(micro_selection(micro, primary.dtype), host_id=primary.host, N=primary.N,
+                 m=primary.m, hidden=primary.hidden)
 
 
-def micro_figure_rows(micro: pd.DataFrame) -> tuple[pd.DataFrame, Primary | None]:
-    """The micro selection at the primary (N, m), every hidden size; a host that did not measure
-    the primary (N, m) contributes its own most measured (N, m) instead (so no host vanishes)."""
-    primary = primary_config(micro)
+def micro_figure_rows(micro: pd.DataFrame, study: dict | None = None
+                      ) -> tuple[pd.DataFrame, Primary | None]:
+    """The micro selection (P's dtype) at the primary (N, m), every hidden size; a host that did
+    not measure the primary (N, m) contributes its own most measured (N, m) instead (so no host
+    vanishes)."""
+    primary = primary_config(micro, study)
     if primary is None:
         return micro.iloc[0:0], None
-    rows = micro_selection(micro)
+    rows = micro_selection(micro, primary.dtype)
     parts = []
     for host in sorted(rows["host_id"].unique()):
         host_rows = rows[rows["host_id"] == host]
@@ -236,12 +327,14 @@ def micro_figure_rows(micro: pd.DataFrame) -> tuple[pd.DataFrame, Primary | None
     return pd.concat(parts), primary
 
 
-def micro_primary_rows(micro: pd.DataFrame) -> tuple[pd.DataFrame, Primary | None]:
+def micro_primary_rows(micro: pd.DataFrame, study: dict | None = None
+                       ) -> tuple[pd.DataFrame, Primary | None]:
     """The micro selection at exactly the primary (N, m, hidden), every host that measured it."""
-    primary = primary_config(micro)
+    primary = primary_config(micro, study)
     if primary is None:
         return micro.iloc[0:0], None
-    return where(micro_selection(micro), N=primary.N, m=primary.m, hidden=primary.hidden), primary
+    return (where(micro_selection(micro, primary.dtype), N=primary.N, m=primary.m,
+                  hidden=primary.hidden), primary)
 
 
 E2E_FIXED = ["N", "hidden", "gate", "dtype", "rho", "beta"]
@@ -373,3 +466,27 @@ def half_width(point: float, low: float, high: float) -> float:
     if not (np.isfinite(point) and np.isfinite(low) and np.isfinite(high)) or point <= 0:
         return math.nan
     return max(high - point, point - low) / point
+
+
+# ---------------------------------------------------------------------------------------------
+# Counters (perf.csv): the configuration and the k that both the figure and the text show
+# ---------------------------------------------------------------------------------------------
+PERF_KEY = ["N", "m", "hidden", "gate"]
+PERF_FIGURE_K = 64  # the figure shows the counted k closest to it (ties: the smaller)
+
+
+def perf_config(rows: pd.DataFrame, primary: Primary | None) -> pd.DataFrame:
+    """One configuration of one host's counted rows: the primary (N, m, hidden) when counted
+    there (else the most counted (N, m, hidden, gate)), every k and event."""
+    if rows.empty:
+        return rows
+    if primary is not None:
+        same = where(rows, N=primary.N, m=primary.m, hidden=primary.hidden)
+        rows = same if not same.empty else rows
+    return where(rows, **dict(zip(PERF_KEY, mode_key(rows, PERF_KEY))))
+
+
+def perf_figure_k(rows: pd.DataFrame) -> int | None:
+    """The k the counter figure shows for these rows: the one closest to 64 (ties: smaller)."""
+    ks = sorted(int(k) for k in rows["k"].dropna().unique())
+    return min(ks, key=lambda k: (abs(k - PERF_FIGURE_K), k)) if ks else None

@@ -223,11 +223,35 @@ PLAUSIBLE_LIMIT = 1.25  # micro.PLAUSIBLE_EFFICIENCY: above it a point is flagge
 
 def _micro_panels(merged: data.Merged):
     """The micro figure rows (k >= 0) and their (host, hidden) panels."""
-    rows, primary = data.micro_figure_rows(merged.micro)
+    rows, primary = data.micro_figure_rows(merged.micro, merged.study)
     rows = rows[rows["k_target"] >= 0]
     panels = [(h, hid) for h in sorted(rows["host_id"].unique())
               for hid in sorted(rows.loc[rows["host_id"] == h, "hidden"].unique())]
     return rows, primary, panels
+
+
+def _thread_panels(axes, panels, row_threads, frame: pd.DataFrame, primary, what: str):
+    """The panels of a (host × hidden) by thread-count grid: yields (row, column, axes, rows of
+    ``frame`` for that host, hidden size and thread count); titles every panel, switches off the
+    unused ones and says 'no data' in the empty ones."""
+    for i, (host, hidden) in enumerate(panels):
+        for j, ax in enumerate(axes[i]):
+            if not row_threads[i] and j == 0:
+                ax.set_title(f"{host}, hidden={int(hidden)}", fontsize=8)
+                no_data(ax, f"{host} has no {what} at hidden={int(hidden)}")
+                continue
+            if j >= len(row_threads[i]):
+                ax.set_axis_off()
+                continue
+            t = row_threads[i][j]
+            sub = frame[(frame["host_id"] == host) & (frame["hidden"] == hidden)
+                        & (frame["threads"] == t)]
+            ax.set_title(f"{host}, hidden={int(hidden)}" + _other_shape(sub, primary)
+                         + f", {t} thread" + ("" if t == 1 else "s"), fontsize=8)
+            if sub.empty:
+                no_data(ax, f"{host} has no {what} at hidden={int(hidden)}")
+                continue
+            yield i, j, ax, sub
 
 
 def micro_speedup(merged: data.Merged):
@@ -281,7 +305,7 @@ def micro_speedup(merged: data.Merged):
 
 def micro_efficiency(merged: data.Merged):
     """Efficiency vs each method's own memcpy floor (floor time / method time) over k, one panel
-    per thread count (rows: host × hidden); the goal line at 0.8 and the plausibility limit."""
+    per thread count (rows: host × hidden), with the plausibility limit shaded."""
     title = "One cache update: efficiency vs the memcpy floor of its own rows"
     rows, primary, panels = _micro_panels(merged)
     comp = pd.concat([data.comparison(rows, m, "efficiency_vs_floor", full=merged.micro)
@@ -297,39 +321,18 @@ def micro_efficiency(merged: data.Merged):
     fig, axes = grid(len(panels), max(1, max(len(t) for t in row_threads)), sharey=True)
     drawn, hollow = [], 0
     top = max(1.4, float(np.nanmax(comp[["point", "high"]].to_numpy(float))) * 1.08)
-    for i, (host, hidden) in enumerate(panels):
-        for j in range(len(axes[i])):
-            ax = axes[i][j]
-            if not row_threads[i] and j == 0:
-                ax.set_title(f"{host}, hidden={int(hidden)}", fontsize=8)
-                no_data(ax, f"{host} has no efficiencies at hidden={int(hidden)}")
-                continue
-            if j >= len(row_threads[i]):
-                ax.set_axis_off()
-                continue
-            t = row_threads[i][j]
-            sub = comp[(comp["host_id"] == host) & (comp["hidden"] == hidden)
-                       & (comp["threads"] == t)]
-            ax.set_title(f"{host}, hidden={int(hidden)}" + _other_shape(sub, primary)
-                         + f", {t} thread" + ("" if t == 1 else "s"), fontsize=8)
-            if sub.empty:
-                no_data(ax, f"{host} has no efficiencies at hidden={int(hidden)}")
-                continue
-            for method in _ordered(sub["method"], METHOD_ORDER):
-                line = sub[sub["method"] == method].sort_values("k_target")
-                hollow += flagged_line(ax, line["k_target"], line, color(method), marker(method),
-                                       "-")
-                drawn.append(method)
-            ax.axhline(0.8, color="0.3", ls="--", lw=1.0)
-            ax.text(0.02, 0.8, " goal 0.8", transform=ax.get_yaxis_transform(), va="top",
-                    fontsize=7, color="0.3")
-            ax.axhspan(PLAUSIBLE_LIMIT, top, color="red", alpha=0.07, lw=0)
-            ax.text(0.02, PLAUSIBLE_LIMIT, " implausible above 1.25",
-                    transform=ax.get_yaxis_transform(), va="bottom", fontsize=7, color="darkred")
-            symlog_k(ax, sub["k_target"])
-            ax.set_ylim(0, top)
-            ax.set(xlabel=K_LABEL if i == len(panels) - 1 else "",
-                   ylabel=ylabel if j == 0 else "")
+    for i, j, ax, sub in _thread_panels(axes, panels, row_threads, comp, primary,
+                                        "efficiencies"):
+        for method in _ordered(sub["method"], METHOD_ORDER):
+            line = sub[sub["method"] == method].sort_values("k_target")
+            hollow += flagged_line(ax, line["k_target"], line, color(method), marker(method), "-")
+            drawn.append(method)
+        ax.axhspan(PLAUSIBLE_LIMIT, top, color="red", alpha=0.07, lw=0)
+        ax.text(0.02, PLAUSIBLE_LIMIT, " implausible above 1.25",
+                transform=ax.get_yaxis_transform(), va="bottom", fontsize=7, color="darkred")
+        symlog_k(ax, sub["k_target"])
+        ax.set_ylim(0, top)
+        ax.set(xlabel=K_LABEL if i == len(panels) - 1 else "", ylabel=ylabel if j == 0 else "")
     suptitle(fig, title, f"({_config_text(primary)}; floors: the faster memcpy of the rows the "
              "paired update writes for differential methods, rebuild_floor for index_select; "
              f"{CI_TEXT}; {HOLLOW_TEXT})")
@@ -337,11 +340,67 @@ def micro_efficiency(merged: data.Merged):
     return fig
 
 
+TIME_METHODS = ["paired", "hybrid", "torch_delta", "index_select", "rebuild_floor"]
+TIME_CI_TEXT = ("error bars: 95% interval of each median (processes, then rounds, resampled); "
+                "a time's interval holds only its own method's noise")
+
+
+def _time_rows(rows: pd.DataFrame, method: str) -> pd.DataFrame:
+    """``method``'s rows as a comparison-like frame: point/low/high in ms, excluded when the row
+    itself is flagged (implausible or busy)."""
+    sub = rows[rows["method"] == method].sort_values("k_target")
+    sub = sub[np.isfinite(sub["median_s"].astype(float))]
+    out = sub.assign(point=sub["median_s"] * 1e3, low=sub["ci95_low_s"] * 1e3,
+                     high=sub["ci95_high_s"] * 1e3)
+    out["excluded"] = [bool(data.row_reasons(r)) for _, r in sub.iterrows()] if len(sub) else \
+        pd.Series([], dtype=bool)
+    return out
+
+
+def micro_time(merged: data.Merged):
+    """Absolute median time of one update (ms, log) vs k (symlog) for the main methods, one panel
+    per thread count (rows: host × hidden), with the 95% intervals of the medians; flagged rows
+    (implausible or busy) hollow."""
+    title = "One cache update: median time per update"
+    rows, primary, panels = _micro_panels(merged)
+    rows = rows[rows["method"].isin(TIME_METHODS)]
+    ylabel = "time per update (ms, log)"
+    if rows.empty:
+        what = ("micro.csv has no rows with uniform masks and gate on" if primary is None
+                else "micro.csv has no times of " + ", ".join(TIME_METHODS))
+        return no_data_figure(title, what, K_LABEL, ylabel)
+    row_threads = [data.thread_counts(rows[(rows["host_id"] == h) & (rows["hidden"] == hid)])
+                   for h, hid in panels]
+    fig, axes = grid(len(panels), max(1, max(len(t) for t in row_threads)), sharey=True)
+    drawn, hollow, values = [], 0, []
+    for i, j, ax, sub in _thread_panels(axes, panels, row_threads, rows, primary, "times"):
+        methods = _ordered(sub["method"], METHOD_ORDER)
+        for index, method in enumerate(methods):
+            line = _time_rows(sub, method)
+            if line.empty:
+                continue
+            hollow += flagged_line(ax, dodge(line["k_target"], index, len(methods)), line,
+                                   color(method), marker(method), "-")
+            values += list(line["low"]) + list(line["high"]) + list(line["point"])
+            drawn.append(method)
+        symlog_k(ax, sub["k_target"])
+        ax.set_yscale("log")
+        ax.set(xlabel=K_LABEL if i == len(panels) - 1 else "", ylabel=ylabel if j == 0 else "")
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    if finite:
+        axes[0][0].set_ylim(min(finite) / 1.5, max(finite) * 1.5)
+    suptitle(fig, title, f"({_config_text(primary)}; {TIME_CI_TEXT}; hollow: row excluded from "
+             "headline numbers (implausible or busy host))")
+    style_legend(fig, _ordered(drawn, METHOD_ORDER), {}, hollow > 0)
+    return fig
+
+
 def cross_host(merged: data.Merged):
-    """Paired speedup vs torch_delta at each k, one bar per host (primary N, m, hidden; each host
-    at its largest thread count); excluded points hatched and hollow."""
+    """Paired speedup vs torch_delta at each k, one point with its 95% interval per host (primary
+    N, m, hidden; each host at its largest thread count), hosts side by side at each k; excluded
+    points hollow. Points, not bars: the y axis is logarithmic."""
     title = "Paired update speedup over torch_delta across hosts"
-    rows, primary = data.micro_primary_rows(merged.micro)
+    rows, primary = data.micro_primary_rows(merged.micro, merged.study)
     rows = data.default_threads(rows[rows["k_target"] >= 0])
     comp = data.comparison(rows, "paired", "speedup_vs_torch_delta", "torch_delta",
                            full=merged.micro)
@@ -354,27 +413,29 @@ def cross_host(merged: data.Merged):
     colors = dict(zip(hosts, sns.color_palette("deep", len(hosts))))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ks) * max(1, len(hosts)) ** 0.5 + 2), 3.6),
                            layout="constrained")
-    width = 0.8 / len(hosts)
     hollow = 0
     for h, host in enumerate(hosts):
         sub = comp[comp["host_id"] == host].groupby("k_target").first()
-        x = np.array([ks.index(k) for k in sub.index]) - 0.4 + width * (h + 0.5)
-        y = sub["point"].to_numpy()
+        x = dodge([ks.index(k) for k in sub.index], h, len(hosts), log=False) \
+            if len(hosts) > 1 else np.array([ks.index(k) for k in sub.index], float)
+        y = sub["point"].to_numpy(float)
         excluded = sub["excluded"].to_numpy(bool)
         threads = int(sub["threads"].iloc[0])
-        label = f"{host} ({threads} thread{'' if threads == 1 else 's'})"
-        ax.bar(x[~excluded], y[~excluded], width=width * 0.95, color=colors[host], label=label)
-        ax.bar(x[excluded], y[excluded], width=width * 0.95, facecolor="white",
-               edgecolor=colors[host], hatch="///", lw=1.2)
+        errorbars(ax, x, y, sub["low"], sub["high"], colors[host])
+        ax.scatter(x[~excluded], y[~excluded], color=colors[host], marker="o", s=30, zorder=3,
+                   label=f"{host} ({threads} thread{'' if threads == 1 else 's'})")
+        ax.scatter(x[excluded], y[excluded], facecolors="white", edgecolors=colors[host],
+                   marker="o", s=32, zorder=4, linewidths=1.3)
         hollow += int(excluded.sum())
-        errorbars(ax, x, y, sub["low"], sub["high"], "0.15")
     ax.axhline(1.0, color="0.3", ls="--", lw=1.0)
     ax.set_xticks(range(len(ks)), [f"{int(k)}" for k in ks])
+    ax.set_xlim(-0.5, len(ks) - 0.5)
     _log_ylim(ax, pd.concat([comp["point"], comp["low"], comp["high"]]))
     ax.set(xlabel="k (rows swapped per update)", ylabel="torch_delta time / paired time (×)")
     handles, labels = ax.get_legend_handles_labels()
     if hollow:
-        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///"))
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", ls="none",
+                                  markerfacecolor="white"))
         labels.append("excluded (implausible / busy)")
     ax.legend(handles, labels, title="host", fontsize=7, title_fontsize=7)
     others = sorted(set(merged.micro["host_id"]) - set(hosts))
@@ -454,21 +515,10 @@ SOURCE_TEXT = {"hw": "hw (perf stat, hardware counters)",
 REBUILD_TEXT = "rebuild: the core's full gather, a memcpy of all m rows (not index_select)"
 
 
-def _perf_config(rows: pd.DataFrame, primary: data.Primary | None) -> pd.DataFrame:
-    """One configuration of one host's counted rows: the primary (N, m, hidden) when present
-    (else the most counted one), and k closest to 64 (ties: the smaller)."""
-    if primary is not None:
-        same = data.where(rows, N=primary.N, m=primary.m, hidden=primary.hidden)
-        rows = same if not same.empty else rows
-    key = data.mode_key(rows, ["N", "m", "hidden", "gate"])
-    rows = data.where(rows, **dict(zip(["N", "m", "hidden", "gate"], key)))
-    ks = sorted(rows["k"].unique(), key=lambda k: (abs(k - 64), k))
-    return rows[rows["k"] == ks[0]]
-
-
 def perf_counters(merged: data.Merged):
     """Per-update counter values of paired vs rebuild (the core's full gather: a memcpy of all m
-    rows) per event (log y), one panel per host, each labelled with its counter source and, under
+    rows) per event (points, log y), at the counted k closest to 64 (:func:`data.perf_figure_k`,
+    the k the text quotes), one panel per host, each labelled with its counter source and, under
     cachegrind, the simulated last-level cache; 'no counters available' when no host could
     count."""
     title = "Counters per update: paired vs full rebuild"
@@ -482,7 +532,7 @@ def perf_counters(merged: data.Merged):
         fig = no_data_figure(title, "no counters available (perf source 'unavailable' on every "
                              f"host: {', '.join(hosts)})", "counter event", ylabel)
         return fig
-    primary = data.primary_config(merged.micro)
+    primary = merged.primary
     fig, axes = grid(1, len(hosts), width=4.2, height=3.2)
     colors = {m: _PALETTE[m] for m in ("paired", "rebuild")}
     for j, host in enumerate(hosts):
@@ -492,12 +542,18 @@ def perf_counters(merged: data.Merged):
             ax.set_title(host)
             no_data(ax, f"no counters available on {host} (source unavailable)")
             continue
-        rows = _perf_config(rows, primary)
+        rows = data.perf_config(rows, primary)
+        rows = rows[rows["k"] == data.perf_figure_k(rows)]
         events = list(dict.fromkeys(rows["event"]))
-        sns.barplot(data=rows, x="event", y="per_update", hue="method", order=events,
-                    hue_order=["paired", "rebuild"], palette=colors, errorbar=None, ax=ax,
-                    legend=False)
+        # Points, not bars: the y axis is logarithmic (a bar's length would mean nothing).
+        for i, method in enumerate(("paired", "rebuild")):
+            sub = rows[(rows["method"] == method) & (rows["per_update"] > 0)]
+            x = np.array([events.index(e) for e in sub["event"]], float) + (i - 0.5) * 0.25
+            ax.scatter(x, sub["per_update"], color=colors[method], marker=marker(method), s=30,
+                       zorder=3)
         ax.set_yscale("log", nonpositive="clip")
+        ax.set_xticks(range(len(events)), events)
+        ax.set_xlim(-0.6, len(events) - 0.4)
         per = rows.set_index(["method", "event"])["per_update"]
         for e, event in enumerate(events):
             if ("paired", event) in per.index and ("rebuild", event) in per.index \
@@ -612,6 +668,7 @@ FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "perf_counters": perf_counters,
     "autotune_landscape": autotune_landscape,
     "cross_host": cross_host,
+    "micro_time": micro_time,
 }
 
 

@@ -126,6 +126,31 @@ macro                               meaning [source rows]
 \AutotuneGainThreads<T>CI           its 95% interval [gain_ci95_low/_high]
 \AutotuneSentence                   the held-out gain per thread count, "within noise" (interval
                                     contains 1), "real" (above 1) or a loss (below 1)
+\SmokeBanner                        a boxed "not for publication" line for the first page when
+                                    study.json says smoke (or, without study.json, every timed row
+                                    comes from one process); empty otherwise [study.json, n_processes]
+\IsSmoke                            true / false, the same test
+\PrimaryHostSentence                the primary host with its dtype and thread counts, and how it
+                                    was chosen (config, the only host, or not chosen) [study.json]
+\SkippedHostsSentence               host files merge left out (skipped_hosts) [study.json]
+\TimingWarmupSentence               warm-up rounds discarded (timing.warmups) [study.json config]
+\MicroBreakEvenSentence             per thread count, where paired stops beating index_select:
+                                    above the measured k, between two k, or below the smallest
+\MicroTrendSentence                 whether paired's speedup over index_select shrinks with k
+\MicroFixedCostSentence             paired's time at k = 0, and its share of the headline k's time
+\MicroHybridSentence                hybrid vs index_select verdicts; the k where it rebuilt
+\MicroIndexFormSentence             paired_indices vs torch_delta_indices (the index forms)
+\MicroNaiveSentence                 bool_mask / numpy_reference times (included rows), never headline
+\MicroPatterns \MicroPatternSentence mask patterns timed; paired vs torch_delta for non-uniform ones
+\EtoERangeSentence                  paired decode-step speedup ranges over every baseline measured
+\EtoEJobSentence                    the single-configuration e2e job's ratios with intervals
+\EtoEHybridSentence                 hybrid decode-step speedup ranges
+\EtoEChurnSentence                  mean churn per batch size, and whether larger batches churn more
+\EtoENoPackShort                    a clause: is no_pack faster than the paired step (counts)
+\PerfFigureK                        the k the counter figure shows (closest to 64; data.perf_figure_k)
+\PerfIrSentence                     paired / rebuild instructions at \PerfFigureK and the other k
+\PerfThreatSentence                 what the counter source means (hw, or cachegrind on which build)
+\AutotuneWinnerSentence             the winners of every thread count autotune ran
 =================================== ===============================================================
 
 "e2e selection": a host's sweep rows (else its e2e rows) at its most measured (N, hidden, gate,
@@ -162,7 +187,7 @@ def tt(method: str) -> str:
     return r"\texttt{" + escape(method) + "}"
 
 
-TT = {m: tt(m) for m in ("paired", "paired_control", "paired_rowffn", "torch_delta",
+TT = {m: tt(m) for m in ("paired", "paired_control", "paired_rowffn", "hybrid", "torch_delta",
                          "index_select", "rebuild_floor", "no_pack", "dense", "ffn_floor")}
 #: micro comparisons: macro stem -> (baseline method, column)
 MICRO_VS = {"Delta": ("torch_delta", "speedup_vs_torch_delta"),
@@ -222,6 +247,12 @@ def _host_for(frame: pd.DataFrame, preferred: str | None) -> str | None:
     if not hosts:
         return None
     return preferred if preferred in hosts else hosts[0]
+
+
+def _preferred(merged: data.Merged, primary: data.Primary | None) -> str | None:
+    """The host whose e2e, perf and autotune rows the text quotes when it has them: the primary
+    host, else study.json's primary_host."""
+    return primary.host if primary else merged.study.get("primary_host")
 
 
 def _threads_words(t: int) -> str:
@@ -421,7 +452,7 @@ def _row_name(r, hosts: int) -> str:
 
 def micro_numbers(out: Macros, merged: data.Merged) -> data.Primary | None:
     micro = merged.micro
-    p = data.primary_config(micro)
+    p = merged.primary
     out["MicroHostCount"] = str(micro["host_id"].nunique())
     out["MicroPrimaryHost"] = escape(p.host) if p else NA
     out["MicroN"] = fmt_int(p.N) if p else NA
@@ -608,7 +639,7 @@ def _e2e_label(rows: pd.DataFrame) -> str:
 
 def e2e_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None) -> None:
     rows = data.e2e_selection(merged.e2e)
-    host = _host_for(rows, primary.host if primary else None)
+    host = _host_for(rows, _preferred(merged, primary))
     rows = rows[rows["host_id"] == host] if host else rows
     out["EtoEHost"] = escape(host) if host else NA
     out["EtoEThreads"] = data.threads_text(data.thread_counts(rows)) if host else NA
@@ -698,23 +729,45 @@ def perf_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None)
     counted = perf[perf["source"].isin(list(IR_EVENTS)) & perf["per_update"].notna()]
     counted = counted[counted.apply(lambda r: r["event"] == IR_EVENTS[r["source"]], axis=1)] \
         if not counted.empty else counted
-    host = _host_for(counted, primary.host if primary else None)
+    host = _host_for(counted, _preferred(merged, primary))
     rows = counted[counted["host_id"] == host] if host else counted
-    if host and primary is not None:
-        same = data.where(rows, N=primary.N, m=primary.m, hidden=primary.hidden)
-        rows = same if not same.empty else rows
     if host:
-        key = data.mode_key(rows, ["N", "m", "hidden", "gate", "source"])
-        rows = data.where(rows, **dict(zip(["N", "m", "hidden", "gate", "source"], key)))
+        # The configuration the figure shows for this host (all its counted events), then the
+        # instruction counts of its most frequent source.
+        shown = data.perf_config(perf[(perf["host_id"] == host) & (perf["source"] != "unavailable")
+                                      & np.isfinite(perf["per_update"])], primary)
+        rows = data.where(rows, **{c: shown[c].iloc[0] for c in data.PERF_KEY}) \
+            if not shown.empty else rows
+        rows = rows if not rows.empty else counted[counted["host_id"] == host]
+        rows = rows[rows["source"] == data.mode_key(rows, ["source"])[0]]
+        figure_k = data.perf_figure_k(shown if not shown.empty else rows)
     source = rows["source"].iloc[0] if host else None
     out["PerfHost"] = escape(host) if host else NA
     out["PerfSource"] = escape(source) if host else NA
     ks = sorted(set(STANDARD_K) | {int(k) for k in rows["k"]})
+    ratios: dict[int, float] = {}
+    figure_k = None if not host else figure_k
     for k in ks:
         paired = _value(rows, "per_update", method="paired", k=k)
         rebuild = _value(rows, "per_update", method="rebuild", k=k)
         ratio = paired / rebuild if rebuild and rebuild > 0 else math.nan
         out[f"PerfIrRatioK{words(k)}"] = fmt_ratio(ratio)
+        if np.isfinite(ratio):
+            ratios[k] = ratio
+    out["PerfFigureK"] = str(figure_k) if host and figure_k is not None else NA
+    event = "instructions" + (" (Ir)" if source == "cachegrind" else "")
+    if not ratios:
+        out["PerfIrSentence"] = ("No host counted the instructions of both the paired update and "
+                                 "a rebuild, so their ratio is not available.")
+    else:
+        shown_k = figure_k if figure_k in ratios else min(ratios, key=lambda k: abs(k - 64))
+        others = [f"{fmt_ratio(r)} at $k$ = {k}" for k, r in sorted(ratios.items())
+                  if k != shown_k]
+        out["PerfIrSentence"] = (
+            "Counting only the timed updates, the paired update executes "
+            f"{fmt_ratio(ratios[shown_k])} of the {event} of a rebuild at $k$ = {shown_k}"
+            + (", the $k$ of Figure~\\ref{fig:perf}" if shown_k == figure_k else "")
+            + (f" ({join_and(others)})" if others else "") + ".")
     sim = rows["sim_ll_bytes"].max() if host else math.nan
     simulated = source == "cachegrind" and np.isfinite(sim) and sim > 0
     out["PerfSimLLMiB"] = fmt_mib(sim) if simulated else NA
@@ -750,6 +803,34 @@ def perf_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None)
         else:
             text += "."
         out["PerfSentence"] = text
+    out["PerfThreatSentence"] = _perf_threat(merged, host, source, rows)
+
+
+def _build_text(rows: pd.DataFrame) -> str:
+    """'SIMD avx512f, flags -O3 -march=native' of the rows' first build (escaped)."""
+    r = rows.iloc[0]
+    flags = " ".join(f for f in str(r["build_flags"]).split(",") if f)
+    return f"SIMD {escape(r['simd'] or 'unknown')}, flags \\texttt{{{escape(flags or 'unknown')}}}"
+
+
+def _perf_threat(merged: data.Merged, host: str | None, source: str | None,
+                 rows: pd.DataFrame) -> str:
+    """What the counter source means for the memory-traffic numbers (threats to validity)."""
+    if not host:
+        return "No counters were available on any host, so memory traffic is not measured."
+    if source == "hw":
+        return (f"The counters on {escape(host)} are hardware counters of the native driver; they "
+                "count only its timed updates, not the torch binding's overhead.")
+    text = (f"No hardware counters were available on {escape(host)}: memory traffic comes from "
+            "cachegrind's simulation of a fixed cache geometry")
+    timed = merged.micro[merged.micro["host_id"] == host]
+    if rows.empty or timed.empty:
+        return text + ", which need not match the host's caches."
+    counted, native = _build_text(rows), _build_text(timed)
+    if counted == native:
+        return text + f" on the same build as the timed runs ({counted}), with another memcpy path."
+    return (text + f" on a build ({counted}) that differs from the timed native build ({native}), "
+            "so its instruction mix and memcpy are not those of the timed runs.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,7 +845,7 @@ def _winner_text(w, candidates: pd.DataFrame) -> str:
 
 def autotune_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None) -> None:
     rows = merged.autotune
-    host = _host_for(rows, primary.host if primary else None)
+    host = _host_for(rows, _preferred(merged, primary))
     rows = rows[rows["host_id"] == host] if host else rows
     tune = rows[rows["phase"] != "held_out_winner"]
     tune = tune[tune["phase"] != "held_out_default"]
@@ -802,6 +883,14 @@ def autotune_numbers(out: Macros, merged: data.Merged, primary: data.Primary | N
                                                                   "no interval")
         clauses.append(f"with {_threads_words(t)}, {_ratio_ci(point, low, high, decimals=3)} "
                        f"({word})")
+    winners = [f"{out.values[f'AutotuneWinnerThreads{words(t)}']} with {_threads_words(t)}"
+               for t in data.thread_counts(tune)
+               if out.values[f"AutotuneWinnerThreads{words(t)}"] != NA]
+    out["AutotuneWinnerSentence"] = (
+        f"The autotuner's winners on {escape(host)} are " + join_and(winners)
+        + " (Figure~\\ref{fig:autotune})." if winners else
+        "The autotuner did not run, so there are no tuned settings." if not host else
+        "The autotuner recorded no winner.")
     if not host:
         out["AutotuneSentence"] = "The autotuner did not run, so no gain can be reported."
     elif not clauses:
@@ -813,12 +902,409 @@ def autotune_numbers(out: Macros, merged: data.Merged, primary: data.Primary | N
                                    + "; ".join(clauses) + ".")
 
 
+# ---------------------------------------------------------------------------------------------
+# The study: smoke runs, the primary host, hosts left out, warm-up
+# ---------------------------------------------------------------------------------------------
+SMOKE_BOX = (r"\begin{center}\fbox{\parbox{0.92\linewidth}{\centering\textbf{%s}}}"
+             r"\end{center}")
+
+
+def _single_process(merged: data.Merged) -> bool:
+    """Every timed row comes from one worker process (the smoke config's fast timing)."""
+    procs = _timed(merged)["n_processes"].astype(float).dropna()
+    return not procs.empty and bool((procs <= 1).all())
+
+
+def _config(merged: data.Merged, *keys):
+    """study.json's config value at ``keys`` (None when unknown)."""
+    value = merged.study.get("config")
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def study_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None) -> None:
+    study = merged.study
+    if study["smoke"]:
+        out["IsSmoke"] = "true"
+        out["SmokeBanner"] = SMOKE_BOX % (
+            "Smoke run: tiny shapes and fast timing; these numbers mean nothing and are not "
+            "for publication.")
+    elif not merged.has_study and _single_process(merged):
+        out["IsSmoke"] = "true"
+        out["SmokeBanner"] = SMOKE_BOX % (
+            "Not for publication: every timing comes from a single worker process (fast "
+            "timing, as in a smoke run), and study.json, which says how the results were "
+            "made, is missing.")
+    else:
+        out["IsSmoke"] = "false"
+        out["SmokeBanner"] = ""
+    n_hosts = merged.micro["host_id"].nunique()
+    named = study.get("primary_host")
+    if primary is None:
+        text = "There are no micro results, so there is no primary configuration"
+        out["PrimaryHostSentence"] = text + (
+            f" (the chosen primary host, {escape(named)}, has none)." if named else ".")
+    else:
+        what = (f"{escape(primary.host)} ({escape(primary.dtype)}, "
+                f"{data.threads_text(primary.threads)})")
+        if primary.source == "config":
+            chosen = _config(merged, "paper", "primary_host")
+            how = ("chosen in the workflow configuration (\\texttt{paper.primary\\_host})"
+                   if chosen == primary.host else "the host that made this run")
+            text = f"The primary host is {what}, {how}"
+            text += (f"; the other {n_hosts - 1} host{'s' if n_hosts > 2 else ''} appear only "
+                     "where named" if n_hosts > 1 else "") + "."
+        elif primary.source == "only":
+            text = f"The primary host is {what}, the only host with micro results."
+            if primary.requested:
+                text += (f" The chosen primary host, {escape(primary.requested)}, has no micro "
+                         "results.")
+        else:
+            text = (f"The primary host was not chosen in the workflow configuration "
+                    f"(\\texttt{{paper.primary\\_host}}) and {n_hosts} hosts have micro results: "
+                    f"this paper uses {what}, the first alphabetically of those that measured "
+                    "the most measured configuration.")
+            if primary.requested:
+                text = (f"The chosen primary host, {escape(primary.requested)}, has no micro "
+                        f"results, and {n_hosts} hosts have: this paper uses {what}, the first "
+                        "alphabetically of those that measured the most measured configuration.")
+        out["PrimaryHostSentence"] = text
+    skipped = study["skipped_hosts"]
+    if skipped:
+        items = [f"{escape(x['host'])} ({escape(x['file'])}: {escape(x['reason'])})"
+                 for x in skipped]
+        out["SkippedHostsSentence"] = (f"The merge left out {len(skipped)} invalid host "
+                                       f"file{'s' if len(skipped) > 1 else ''}: "
+                                       f"{_listed(items)}.")
+    elif merged.has_study:
+        out["SkippedHostsSentence"] = "The merge left out no host folder."
+    else:
+        out["SkippedHostsSentence"] = ("Whether the merge left out any host folder is not "
+                                       "recorded (no study.json).")
+    warmups = _config(merged, "timing", "warmups")
+    if isinstance(warmups, int) and not isinstance(warmups, bool):
+        out["TimingWarmupSentence"] = (
+            f"Each worker discards {warmups} warm-up round{'' if warmups == 1 else 's'} per "
+            "method before timing." if warmups > 0 else
+            "No warm-up rounds were discarded (\\texttt{timing.warmups} = 0).")
+    else:
+        out["TimingWarmupSentence"] = ("How many warm-up rounds each worker discarded is not "
+                                       "recorded with these results.")
+
+
+# ---------------------------------------------------------------------------------------------
+# micro: break-even, trend, fixed cost, hybrid, index forms, naive methods, mask patterns
+# ---------------------------------------------------------------------------------------------
+VERDICT_WORD = {"faster": "faster", "slower": "slower", "tie": "within noise",
+                "missing": "no ratio"}
+
+
+def _by_threads(clauses: list[tuple[int, str]], subject: str) -> str:
+    """'with 1 and 2 threads SUBJECT X' when every count says the same, else 'with 1 thread
+    SUBJECT X; with 2 threads it Y'."""
+    if len({c for _, c in clauses}) == 1:
+        return f"with {data.threads_text([t for t, _ in clauses])} {subject} {clauses[0][1]}"
+    return "; ".join(f"with {_threads_words(t)} {subject if i == 0 else 'it'} {c}"
+                     for i, (t, c) in enumerate(clauses))
+
+
+def _break_even_clause(group: pd.DataFrame, m: int) -> str:
+    inc = group[~group["excluded"] & (group["k_target"] > 0)].sort_values("k_target")
+    if inc.empty:
+        return "has no included point with $k > 0$, so its break-even is not measured"
+    faster = (inc["verdict"] == "faster").to_numpy()
+    ks, pts = inc["k_target"].astype(int).to_list(), inc["point"].to_list()
+    if faster.all():
+        share = f" ({fmt_fixed(100.0 * ks[-1] / m, 0)}\\% of $m$)" if m else ""
+        return (f"is faster at every measured $k$ up to {ks[-1]}{share}, so the break-even "
+                "lies above the measured range")
+    if not faster[0]:
+        return (f"is not faster even at the smallest measured $k$ = {ks[0]} "
+                f"({fmt_ratio(pts[0])}$\\times$, {VERDICT_WORD[inc['verdict'].iloc[0]]}), so the "
+                "break-even lies below it")
+    i = int(np.argmin(faster))
+    text = (f"is faster up to $k$ = {ks[i - 1]} ({fmt_ratio(pts[i - 1])}$\\times$) and not "
+            f"at $k$ = {ks[i]} ({fmt_ratio(pts[i])}$\\times$, "
+            f"{VERDICT_WORD[inc['verdict'].iloc[i]]}), so the break-even lies between them")
+    again = [k for k, f in zip(ks[i:], faster[i:]) if f]
+    return text + (f" (faster again at {_k_text(again)})" if again else "")
+
+
+def micro_more_numbers(out: Macros, merged: data.Merged, p: data.Primary | None,
+                       rows: pd.DataFrame) -> None:
+    """Sentences on the primary rows ``rows`` (k >= 0) beyond the headline."""
+    micro = merged.micro
+    gather = data.comparison(rows, "paired", "speedup_vs_index_select", "index_select",
+                             full=micro)
+    # Break-even against a full gather.
+    if gather.empty or p is None:
+        out["MicroBreakEvenSentence"] = (f"No paired update was timed against "
+                                         f"{TT['index_select']}, so where it stops paying "
+                                         "against a full gather is not measured.")
+    else:
+        clauses = [(int(t), _break_even_clause(g, p.m)) for t, g in gather.groupby("threads")]
+        out["MicroBreakEvenSentence"] = (f"Against a full gather ({TT['index_select']}), "
+                                         + _by_threads(clauses, "the paired update") + ".")
+    # How the advantage changes with k.
+    trend = []
+    for t, g in gather.groupby("threads"):
+        inc = g[~g["excluded"] & (g["k_target"] > 0)].sort_values("k_target")
+        if len(inc) < 2:
+            continue
+        pts, ks = inc["point"].to_numpy(float), inc["k_target"].astype(int).to_list()
+        shape = ("shrinks" if (np.diff(pts) < 0).all() else "grows" if (np.diff(pts) > 0).all()
+                 else "does not change monotonically")
+        trend.append((int(t), shape, f"from {fmt_ratio(pts[0])}$\\times$ at $k$ = {ks[0]} to "
+                                     f"{fmt_ratio(pts[-1])}$\\times$ at $k$ = {ks[-1]}"))
+    subject = f"the paired update's speedup over {TT['index_select']}"
+    if not trend:
+        out["MicroTrendSentence"] = (f"Fewer than two included $k > 0$ were timed against "
+                                     f"{TT['index_select']}, so how the advantage changes with "
+                                     "$k$ is not measured.")
+    elif len({shape for _, shape, _ in trend}) == 1:
+        out["MicroTrendSentence"] = (
+            f"As $k$ grows, {subject} {trend[0][1]} with "
+            f"{data.threads_text([t for t, _, _ in trend])}: "
+            + "; ".join(f"{ends} with {_threads_words(t)}" for t, _, ends in trend) + ".")
+    else:
+        out["MicroTrendSentence"] = ("As $k$ grows, " + "; ".join(
+            f"with {_threads_words(t)} {subject if i == 0 else 'it'} {shape} ({ends})"
+            for i, (t, shape, ends) in enumerate(trend)) + ".")
+    # The fixed cost: k = 0.
+    paired = rows[rows["method"] == "paired"]
+    k_h = out.values.get("MicroHeadlineK")
+    zero = []
+    for t in data.thread_counts(paired):
+        at0 = _value(paired, "median_s", k_target=0, threads=t)
+        if not np.isfinite(at0):
+            continue
+        clause = f"{fmt_sig(at0 * 1e3)} ms with {_threads_words(t)}"
+        if k_h not in (None, NA):
+            at_h = _value(paired, "median_s", k_target=int(k_h), threads=t)
+            if np.isfinite(at_h) and at_h > 0:
+                clause += f" ({fmt_percent(at0 / at_h)}\\% of its time at $k$ = {k_h})"
+        zero.append(clause)
+    out["MicroFixedCostSentence"] = (
+        "With no row to write ($k$ = 0) an update still costs " + join_and(zero)
+        + ": the mask difference over all $N$ neurons and the call." if zero else
+        "$k$ = 0 was not timed, so the fixed cost of an update is not measured.")
+    # The hybrid policy.
+    hybrid = data.comparison(rows, "hybrid", "speedup_vs_index_select", "index_select",
+                             full=micro)
+    if hybrid.empty:
+        out["MicroHybridSentence"] = "The hybrid policy was not timed in the micro benchmark."
+    else:
+        label = lambda sub: _k_text(sorted(sub["k_target"].unique()))  # noqa: E731
+        text = verdict_sentence(hybrid, TT["index_select"], f"the hybrid policy ({TT['hybrid']})",
+                                label, "$k$")
+        both = rows[rows["method"].isin(["hybrid", "paired"])].pivot_table(
+            index=["k_target", "threads"], columns="method", values="rows_written_mean")
+        if {"hybrid", "paired"} <= set(both.columns):
+            rebuilt = both[both["hybrid"] > both["paired"] + 0.5]
+            ks = sorted({int(k) for k, _ in rebuilt.index})
+            text += (" It never rebuilt at the measured $k$: it wrote the paired update's rows."
+                     if not ks else
+                     f" It rebuilt (wrote more rows than the paired update) at {_k_text(ks)}.")
+        out["MicroHybridSentence"] = text
+    # The index forms.
+    index_form = data.comparison(rows, "paired_indices", "speedup_vs_torch_delta_indices",
+                                 "torch_delta_indices", full=micro)
+    if index_form.empty:
+        out["MicroIndexFormSentence"] = (
+            f"The index forms ({tt('paired_indices')}, {tt('torch_delta_indices')}: the update "
+            "given lists of added and removed rows) were not both timed.")
+    else:
+        label = lambda sub: _k_text(sorted(sub["k_target"].unique()))  # noqa: E731
+        inc = index_form[~index_form["excluded"]]
+        out["MicroIndexFormSentence"] = (
+            "Given lists of added and removed rows instead of masks "
+            + verdict_sentence(index_form, tt("torch_delta_indices"),
+                               f"the paired update ({tt('paired_indices')})", label, "$k$")
+            .replace("Against", "against", 1)
+            + (f" Its speedups over {tt('torch_delta_indices')} span "
+               f"{_range_text(inc['point'])}." if not inc.empty else ""))
+    # Naive and reference methods: reported, never headline.
+    def ms_range(method: str) -> str | None:
+        """'a--b ms' over the method's included rows; None when it has no rows."""
+        sub = rows[(rows["method"] == method) & np.isfinite(rows["median_s"])]
+        if sub.empty:
+            return None
+        kept = sub[~data.flagged(sub)]["median_s"] * 1e3
+        if kept.empty:
+            return ""
+        low, high = fmt_sig(kept.min()), fmt_sig(kept.max())
+        return f"{low} ms" if low == high else f"{low}--{high} ms"
+    timed = [(m, ms_range(m)) for m in ("bool_mask", "numpy_reference")]
+    gather_ms = ms_range("index_select")
+    said = [f"{tt(m)} took {r} per update" if r else
+            f"every row of {tt(m)} is excluded (implausible or busy)"
+            for m, r in timed if r is not None]
+    missing = [tt(m) for m, r in timed if r is None]
+    text = ("At the primary configuration " + join_and(said)
+            + (f" ({TT['index_select']}: {gather_ms})" if gather_ms else "") + "." if said else "")
+    if missing:
+        text += (" " if text else "") + (f"{join_and(missing)} "
+                                         f"{'was' if len(missing) == 1 else 'were'} not timed.")
+    out["MicroNaiveSentence"] = text if p is not None else "There are no micro results."
+    # Mask patterns.
+    patterns = _ordered_patterns(micro)
+    out["MicroPatterns"] = join_and([escape(x) for x in patterns]) if patterns else NA
+    others = [x for x in patterns if x != "uniform"]
+    if not patterns:
+        out["MicroPatternSentence"] = "No mask pattern was timed."
+    elif not others:
+        out["MicroPatternSentence"] = ("Only uniform churn was timed in this study; clustered "
+                                       "and sticky mask sequences were not.")
+    else:
+        parts = []
+        host = p.host if p else micro["host_id"].iloc[0]
+        for pattern in others:
+            sub = micro[(micro["host_id"] == host) & (micro["pattern"] == pattern)]
+            comp = data.comparison(sub, "paired", "speedup_vs_torch_delta", "torch_delta",
+                                   full=micro)
+            inc = comp[~comp["excluded"]]
+            if inc.empty:
+                parts.append(f"with {escape(pattern)} masks it has no included ratio")
+                continue
+            verdicts = inc["verdict"].value_counts()
+            counts = join_and([f"{n} {VERDICT_WORD[v]}" for v, n in verdicts.items()])
+            parts.append(f"with {escape(pattern)} masks it is {_range_text(inc['point'])} "
+                         f"({counts}, of {len(inc)} included configurations)")
+        out["MicroPatternSentence"] = (f"Beyond uniform churn, on {escape(host)} the paired "
+                                       f"update's speedup over {TT['torch_delta']}: "
+                                       + "; ".join(parts) + ".")
+
+
+def _ordered_patterns(micro: pd.DataFrame) -> list[str]:
+    present = [x for x in dict.fromkeys(micro["pattern"]) if x]
+    return sorted(present, key=lambda x: (x != "uniform", x))
+
+
+# ---------------------------------------------------------------------------------------------
+# e2e: ranges, the single-configuration job, the hybrid, churn by batch
+# ---------------------------------------------------------------------------------------------
+E2E_NAMES = {"Delta": "torch_delta", "IndexSelect": "index_select", "NoPack": "no_pack",
+             "Dense": "dense"}
+
+
+def e2e_more_numbers(out: Macros, merged: data.Merged, primary: data.Primary | None) -> None:
+    e2e = merged.e2e
+    rows = data.e2e_selection(e2e)
+    host = _host_for(rows, _preferred(merged, primary))
+    rows = rows[rows["host_id"] == host] if host else rows
+    parts = []
+    for stem, base in E2E_NAMES.items():
+        low, high = out.values[f"EtoEVs{stem}Min"], out.values[f"EtoEVs{stem}Max"]
+        if low != NA:
+            parts.append((f"{low}$\\times$" if low == high else f"{low} to {high}$\\times$")
+                         + f" over {TT[base]}")
+    if not host:
+        out["EtoERangeSentence"] = "No decode step was timed (no sweep and no e2e rows)."
+    elif not parts:
+        out["EtoERangeSentence"] = (f"On {escape(host)} no included decode-step ratio of the "
+                                    "paired step is available.")
+    else:
+        source = "sweep" if (rows["benchmark"] == "sweep").any() else "single-configuration job"
+        out["EtoERangeSentence"] = (
+            f"On {escape(host)} over {out.values['EtoEConfigCount']} configurations ($m$, batch, "
+            f"threads) of its {source}, the paired decode step's speedup is "
+            + join_and(parts) + " (Figure~\\ref{fig:e2e}, Table~\\ref{tab:e2e}).")
+    # The single-configuration job (benchmark e2e).
+    job = e2e[(e2e["benchmark"] == "e2e") & (e2e["host_id"] == host)] if host else e2e.iloc[0:0]
+    if job.empty:
+        out["EtoEJobSentence"] = ("The single-configuration decode job (\\texttt{e2e}) was not "
+                                  "run" + (f" on {escape(host)}." if host else "."))
+    elif not (rows["benchmark"] == "sweep").any():
+        out["EtoEJobSentence"] = ("No sweep was run: the decode-step numbers above are those of "
+                                  "the single-configuration job (\\texttt{e2e}).")
+    else:
+        r0 = job.iloc[0]
+        clauses = []
+        for t in data.thread_counts(job):
+            sub = job[job["threads"] == t]
+            bits = []
+            for stem, base in E2E_NAMES.items():
+                comp = data.comparison(sub, "paired", f"speedup_vs_{base}", base, full=e2e)
+                if comp.empty:
+                    continue
+                c = comp.iloc[0]
+                bits.append(f"{EXCLUDED if c['excluded'] else _ratio_ci(c['point'], c['low'], c['high'])}"
+                            f" over {TT[base]}")
+            if bits:
+                clauses.append(f"{join_and(bits)} with {_threads_words(t)}")
+        out["EtoEJobSentence"] = (
+            f"The single-configuration decode job ($m$ = {int(r0['m'])}, batch "
+            f"{int(r0['batch'])}, Table~\\ref{{tab:e2e}}) gives the paired step "
+            + ("; ".join(clauses) if clauses else "no ratio") + ".")
+    # Short: does reading the rows in place (no_pack) beat the packed paired step?
+    nopack = data.comparison(rows, "paired", "speedup_vs_no_pack", "no_pack", full=e2e)
+    inc = nopack[~nopack["excluded"]]
+    counts = inc["verdict"].value_counts()
+    n = len(inc)
+    if inc.empty:
+        short = "our decode steps did not time it against the packed paired step"
+    elif counts.get("slower", 0) == n:
+        short = (f"in our decode steps it is faster than the packed paired step in "
+                 f"{_all(n, 'included configuration')}")
+    elif counts.get("faster", 0) == n:
+        short = (f"in our decode steps it is slower than the packed paired step in "
+                 f"{_all(n, 'included configuration')}")
+    else:
+        short = ("in our decode steps it is " + join_and(
+            [f"{word} in {counts[v]}" for v, word in (("slower", "faster"),
+                                                      ("faster", "slower"),
+                                                      ("tie", "within noise"))
+             if counts.get(v, 0)]) + f" of {n} included configurations, against the packed "
+            "paired step")
+    out["EtoENoPackShort"] = short
+    # The hybrid policy in decode steps.
+    bits = []
+    for base in ("torch_delta", "index_select", "no_pack"):
+        comp = data.comparison(rows, "hybrid", f"speedup_vs_{base}", base, full=e2e)
+        inc = comp[~comp["excluded"]]
+        if not inc.empty:
+            bits.append(f"{_range_text(inc['point'])} over {TT[base]}")
+    out["EtoEHybridSentence"] = (
+        f"The hybrid policy's decode step ({TT['hybrid']}) reaches " + join_and(bits) + "."
+        if bits else "The hybrid policy was not timed in decode steps.")
+    # Churn by batch size.
+    paired = rows[(rows["method"] == "paired") & (rows["active_mean"] > 0)]
+    churn = (100.0 * paired["k_mean"] / paired["active_mean"]).groupby(paired["batch"]).mean()
+    churn = churn.dropna()
+    if churn.empty:
+        out["EtoEChurnSentence"] = "No decode-step churn was measured."
+    elif len(churn) == 1:
+        out["EtoEChurnSentence"] = (f"Only batch {int(churn.index[0])} was timed; its decode "
+                                    f"steps replace {fmt_fixed(churn.iloc[0], 1)}\\% of the "
+                                    "active rows on average.")
+    else:
+        each = join_and([f"{fmt_fixed(v, 1)}\\%{' of the active rows' if i == 0 else ''} "
+                         f"with batch {int(b)}" for i, (b, v) in enumerate(churn.items())])
+        grows = (np.diff(churn.to_numpy()) > 0).all()
+        out["EtoEChurnSentence"] = (
+            ("Larger batches churn more, as the union of many tokens' top-$m$ sets changes by a "
+             "larger fraction every step: " if grows else
+             "Larger batches do not churn more here: ")
+            + f"a decode step replaces on average {each}.")
+
+
 def numbers(merged: data.Merged) -> str:
     out = Macros()
     hosts_numbers(out, merged)
     timing_numbers(out, merged)
     primary = micro_numbers(out, merged)
+    study_numbers(out, merged, primary)
+    micro_more_numbers(out, merged, primary, _primary_k_rows(merged, primary))
     e2e_numbers(out, merged, primary)
+    e2e_more_numbers(out, merged, primary)
     perf_numbers(out, merged, primary)
     autotune_numbers(out, merged, primary)
     return out.render()
+
+
+def _primary_k_rows(merged: data.Merged, primary: data.Primary | None) -> pd.DataFrame:
+    rows = data.primary_rows(merged.micro, primary)
+    return rows[rows["k_target"] >= 0]

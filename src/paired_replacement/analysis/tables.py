@@ -9,7 +9,8 @@
 * ``e2e_summary`` — per m, batch and thread count, in one block per host (and benchmark): median
   ms per decode step of paired, torch_delta, no_pack and dense, paired's speedups vs torch_delta
   and vs no_pack with their intervals, and k_mean (mean additions per step). Rows: the e2e
-  selection (a host's sweep rows, else its e2e rows).
+  selection (a host's sweep rows, else its e2e rows), plus the single-configuration e2e job's
+  rows of a host whose selection is its sweep (a block of their own).
 * ``hosts`` — host, CPU, physical/logical cores, L3, memory, torch, compiler (hosts.csv).
 
 Flags: a time whose row is implausible (faster than 1.25x a memcpy of its own rows) carries
@@ -76,7 +77,7 @@ MICRO_METHODS = ["paired", "torch_delta", "index_select", "rebuild_floor"]
 
 
 def micro_summary(merged: data.Merged) -> str:
-    rows, primary = data.micro_figure_rows(merged.micro)
+    rows, primary = data.micro_figure_rows(merged.micro, merged.study)
     rows = rows[rows["k_target"] >= 0]
     lead = ["$k$", "thr."]
     header = [*lead, "paired", "torch\\_delta", "index\\_select", "rebuild floor",
@@ -113,6 +114,11 @@ E2E_METHODS = ["paired", "torch_delta", "no_pack", "dense"]
 
 def e2e_summary(merged: data.Merged) -> str:
     rows = data.e2e_selection(merged.e2e)
+    # The single-configuration e2e job's rows too, where a host's selection is its sweep.
+    job = merged.e2e[(merged.e2e["benchmark"] == "e2e")
+                     & merged.e2e["host_id"].isin(rows.loc[rows["benchmark"] == "sweep",
+                                                           "host_id"])]
+    rows = pd.concat([rows, job]) if not job.empty else rows
     lead = ["$m$", "batch", "thr."]
     header = [*lead, *[escape(m) for m in E2E_METHODS], "vs torch\\_delta", "vs no\\_pack",
               "$\\bar k$"]
