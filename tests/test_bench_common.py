@@ -1,6 +1,7 @@
 """Shared benchmark machinery: statistics, schemas, hostinfo, the command dispatcher."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,93 @@ def test_each_command_documents_its_options(command):
     proc = subprocess.run([sys.executable, "-m", "paired_replacement.bench", command, "--help"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "--" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Host identity
+# ---------------------------------------------------------------------------------------------
+def test_default_host_id_is_the_label_plus_a_machine_hash(monkeypatch):
+    monkeypatch.delenv("PAIRED_REPLACEMENT_HOST", raising=False)
+    monkeypatch.setattr(hostinfo.socket, "gethostname", lambda: "vm.example.org")
+    monkeypatch.setattr(hostinfo, "machine_key", lambda: "machine A")
+    first = hostinfo.host_id()
+    assert re.fullmatch(r"vm-[0-9a-f]{6}", first), first
+    assert hostinfo.host_id() == first  # stable
+    assert hostinfo.host_label() == "vm"
+    monkeypatch.setattr(hostinfo, "machine_key", lambda: "machine B")
+    second = hostinfo.host_id()
+    assert second != first and second.startswith("vm-")  # two generic "vm"s differ
+    monkeypatch.setenv("PAIRED_REPLACEMENT_HOST", "node-7")
+    assert hostinfo.host_id() == "node-7"  # chosen ids win
+
+
+def test_machine_key_reads_the_machine_id_and_physical_nics(tmp_path, monkeypatch):
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    net = tmp_path / "net"
+    for nic, mac, physical in (("eth0", "02:fc:00:00:00:01", True),
+                               ("ifb0", "aa:03:e7:92:b1:e4", False)):
+        (net / nic).mkdir(parents=True)
+        (net / nic / "address").write_text(mac + "\n")
+        if physical:
+            (net / nic / "device").mkdir()
+    monkeypatch.setattr(hostinfo, "MACHINE_ID_FILES", (str(tmp_path / "absent"), str(machine_id)))
+    monkeypatch.setattr(hostinfo, "_SYS_NET", net)
+    key = hostinfo.machine_key()
+    assert "3d1219c7c4c5404aaa1f6d2a48adfda4" in key and "02:fc:00:00:00:01" in key
+    assert "aa:03:e7:92:b1:e4" not in key  # virtual interfaces change between boots
+    machine_id.write_text("another installation\n")
+    assert hostinfo.machine_key() != key
+
+
+def test_hostinfo_records_the_label(tmp_path):
+    out = tmp_path / "hostinfo.json"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PAIRED_REPLACEMENT_HOST"}
+    proc = subprocess.run([sys.executable, "-m", "paired_replacement.bench", "hostinfo", "--out",
+                           str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(out.read_text())
+    assert info["host_id"] == hostinfo.host_id() and info["host_id"].startswith(
+        info["host_label"] + "-")
+
+
+# ---------------------------------------------------------------------------------------------
+# One benchmark per host, across processes
+# ---------------------------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from paired_replacement.bench.__main__ import host_lock
+with host_lock(Path(sys.argv[1]), "micro --out held"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_benchmark_on_the_host_is_refused(tmp_path):
+    from paired_replacement.bench.__main__ import LOCK_NAME, LOCKED_EXIT, host_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for command in ("micro", "e2e", "sweep", "autotune", "perf"):
+            out = tmp_path / f"{command}.csv"
+            proc = subprocess.run([sys.executable, "-m", "paired_replacement.bench", command,
+                                   "--out", str(out)], capture_output=True, text=True)
+            assert proc.returncode == LOCKED_EXIT, (command, proc.stderr)
+            assert f"pid {holder.pid}" in proc.stderr and LOCK_NAME in proc.stderr
+            assert "another benchmark is running on this host" in proc.stderr
+            assert not out.exists()
+        # describing the host measures nothing: never locked
+        info = subprocess.run([sys.executable, "-m", "paired_replacement.bench", "hostinfo",
+                               "--out", str(tmp_path / "hostinfo.json")], capture_output=True)
+        assert info.returncode == 0
+    finally:
+        holder.kill()  # as a killed job dies: the kernel releases the lock
+        holder.wait()
+    with host_lock(tmp_path, "after the holder died"):
+        pass
+    # another host's folder is never blocked by this one's lock
+    with host_lock(tmp_path, "here"), host_lock(tmp_path / "other-host", "there"):
+        pass

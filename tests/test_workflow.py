@@ -9,24 +9,29 @@ figure, and that redraw_only never schedules a benchmark.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from test_bench_common import HOLD_LOCK
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIGURES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
-           "autotune_landscape", "cross_host"]
+           "autotune_landscape", "cross_host", "micro_time"]
 TABLES = ["micro_summary", "e2e_summary", "hosts"]
 BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf"}
-ANALYSIS_RULES = {"merge", "figures", "tables", "numbers"}
+ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("snakemake", path=str(BIN)) is None and shutil.which("snakemake") is None,
@@ -162,20 +167,37 @@ def test_schema_describes_every_key():
 
 
 @pytest.mark.parametrize("text, needles", [
-    ("bogus_key: 1\n", ["bogus_key", "Additional properties are not allowed"]),
-    ("micro:\n  k: [-1]\n", ["['micro']['k']", "-1 is less than the minimum of 0"]),
-    ("micro:\n  methods: [paired, teleport]\n", ["['micro']['methods']", "'teleport'"]),
-    ("hosts:\n  node1:\n    cores: 4\n", ["['hosts']['node1']", "'cores' was unexpected"]),
+    ("bogus_key: 1\n",
+     ["(top level): Additional properties are not allowed ('bogus_key' was unexpected)"]),
+    ("micro:\n  k: [-1]\n", ["micro.k[0]: -1 is less than the minimum of 0"]),
+    ("micro:\n  methods: [paired, teleport]\n", ["micro.methods[1]: 'teleport' is not one of"]),
+    ("hosts:\n  node1:\n    cores: 4\n",
+     ["hosts.node1: Additional properties are not allowed ('cores' was unexpected)"]),
+    # relations between keys, every problem at once: refused before any job, not when the
+    # benchmark runs (last, maybe an hour into the study)
+    ("micro:\n  k: [0, 16, 200]\n  m: [128]\n  rows: [512]\ne2e:\n  m: 9000\n"
+     "sweep:\n  m_list: [256, 10000]\nperf:\n  active: 4096\n"
+     "autotune:\n  k_list: [16, 4096]\npaper:\n  primary_host: nosuchbox\n",
+     ["micro.k: 200 exceeds micro.m 128",
+      "e2e.m: 9000 exceeds e2e.rows 8192", "sweep.m_list: 10000 exceeds sweep.rows 8192",
+      "perf.active: 4096 exceeds perf.rows 2048",
+      "autotune.k_list: 4096 exceeds min(autotune.m, autotune.rows - autotune.m) = 2048",
+      "paper.primary_host: 'nosuchbox' is neither measured by this run"]),
+    ("micro:\n  k: [0, 100]\n  m: [450]\n  rows: [512]\nperf:\n  k: [16, 1600]\n",
+     ["micro.k: 100 exceeds the 62 inactive rows of micro.rows 512 - micro.m 450",
+      "perf.k: 1600 exceeds min(perf.active, perf.rows - perf.active) = 512"]),
 ])
 def test_invalid_config_is_refused_before_any_job(tmp_path, text, needles):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     result = snakemake("-n", "--configfile", str(bad))
     assert result.returncode != 0
-    assert "Error validating config file" in result.stdout, result.stdout
+    assert "Invalid configuration" in result.stdout, result.stdout
     for needle in needles:
         assert needle in result.stdout, (needle, result.stdout)
     assert "Building DAG" not in result.stdout  # refused while parsing: no job was considered
+    # a few lines naming the key, not the schema
+    assert len(result.stdout.splitlines()) < 15, result.stdout
 
 
 def test_nested_config_strings_are_typed():
@@ -186,6 +208,19 @@ def test_nested_config_strings_are_typed():
     assert "paper" not in job_counts(result.stdout)
     refused = snakemake("-n", "--config", "micro={k: [-1]}")
     assert refused.returncode != 0 and "-1 is less than the minimum of 0" in refused.stdout
+
+
+def test_every_rule_has_a_log_and_a_message():
+    """Every rule that runs something says what it does on the terminal and logs it."""
+    rules = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    blocks = re.split(r"^\s*rule (\w+):", rules, flags=re.M)[1:]
+    runners = {name: body for name, body in zip(blocks[::2], blocks[1::2])
+               if re.search(r"^\s+(shell|run|script):", body, flags=re.M)}
+    assert {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf", "study_config",
+            "merge", "figures", "tables", "numbers", "paper"} <= set(runners)
+    for name, body in runners.items():
+        assert re.search(r"^\s+log:", body, flags=re.M), name
+        assert re.search(r"^\s+message:", body, flags=re.M), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +258,11 @@ def smoke_run(tmp_path_factory):
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in root.glob("logs/**/*.log"))
         pytest.fail(f"smoke run failed (exit {result.returncode}):\n{result.stdout[-6000:]}\n{logs}")
     print(f"smoke run: {seconds:.0f} s")
+    (root / TERMINAL).write_text(result.stdout)  # what the user saw
     return root
+
+
+TERMINAL = "smoke-terminal.txt"
 
 
 def _outputs(root: Path) -> list[Path]:
@@ -274,7 +313,7 @@ def test_deleting_one_figure_redraws_only_that_figure(smoke_run):
     assert planned.returncode == 0, planned.stdout
     counts = job_counts(planned.stdout)
     assert counts.pop("figures") == 1, counts
-    assert "wildcards: name=cross_host" in planned.stdout
+    assert "Drawing figure cross_host" in planned.stdout  # the rule's message
     # Downstream of the figure only: the paper (when built) and the target.
     assert set(counts) <= {"paper", "all"}, counts
 
@@ -314,6 +353,20 @@ def test_redraw_only_never_schedules_a_benchmark(smoke_run):
     assert (root / "paper" / "tables" / "hosts.tex").is_file()
 
 
+def copy_host_folder(hosts_dir: Path, here: str, new: str, names: list[str]) -> Path:
+    """Copies files of this host's folder as host ``new`` (as if measured elsewhere)."""
+    folder = hosts_dir / new
+    folder.mkdir()
+    for name in names:
+        text = (hosts_dir / here / name).read_text()
+        if name.endswith(".json"):
+            text = text.replace(f'"host_id": "{here}"', f'"host_id": "{new}"')
+        else:
+            text = re.sub(rf"^{re.escape(here)},", f"{new},", text, flags=re.M)
+        (folder / name).write_text(text)
+    return folder
+
+
 @pytest.mark.slow
 def test_copied_host_folder_is_merged_never_measured(smoke_run):
     """A host folder copied in from another machine joins the merge and the figures; none of
@@ -321,15 +374,9 @@ def test_copied_host_folder_is_merged_never_measured(smoke_run):
     root = smoke_run
     hosts_dir = root / "results" / "hosts"
     here = next(p.name for p in hosts_dir.iterdir())
-    other = hosts_dir / "otherbox"
-    other.mkdir()
-    for name in ["hostinfo.json", "micro.csv", "e2e.csv"]:  # a partial folder is fine
-        text = (hosts_dir / here / name).read_text()
-        if name.endswith(".json"):
-            text = text.replace(f'"host_id": "{here}"', '"host_id": "otherbox"')
-        else:
-            text = re.sub(rf"^{re.escape(here)},", "otherbox,", text, flags=re.M)
-        (other / name).write_text(text)
+    # a partial folder is fine
+    other = copy_host_folder(hosts_dir, here, "otherbox", ["hostinfo.json", "micro.csv",
+                                                            "e2e.csv"])
     planned = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=root)
     assert planned.returncode == 0, planned.stdout
     counts = job_counts(planned.stdout)
@@ -349,3 +396,157 @@ def test_redraw_only_without_merged_tables_says_what_is_missing(tmp_path):
     result = snakemake("-n", "--config", "redraw_only=true", cwd=tmp_path)
     assert result.returncode != 0
     assert "redraw_only is true" in result.stdout and "results/merged/micro.csv" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults a long study meets (each reproduced on the smoke run's folder)
+# ---------------------------------------------------------------------------------------------
+def _host(root: Path) -> str:
+    return next(p.name for p in (root / "results" / "hosts").iterdir()
+                if (p / "build").is_dir())
+
+
+@pytest.mark.slow
+def test_terminal_shows_what_runs_and_the_progress(smoke_run):
+    terminal = (smoke_run / TERMINAL).read_text()
+    host = _host(smoke_run)
+    assert f"{host}: micro benchmark" in terminal and f"logs/{host}/micro.log" in terminal
+    assert "Merging every host folder" in terminal
+    progress = [line for line in terminal.splitlines() if line.startswith("[micro ")]
+    assert progress and all("ETA" in line for line in progress), progress
+    # the same lines are in the log
+    log = (smoke_run / "logs" / host / "micro.log").read_text()
+    assert all(line in log for line in progress)
+
+
+@pytest.mark.slow
+def test_every_file_a_benchmark_writes_is_declared(smoke_run):
+    """So that Snakemake removes all of them before a re-run (no stale pyperf JSON, masks or
+    driver next to a new CSV)."""
+    summary = snakemake("--summary", "--configfile", "config/smoke.yaml", cwd=smoke_run)
+    assert summary.returncode == 0, summary.stdout
+    declared = [line.split("\t")[0] for line in summary.stdout.splitlines() if "\t" in line]
+    host_dir = smoke_run / "results" / "hosts" / _host(smoke_run)
+    undeclared = []
+    for path in sorted(host_dir.rglob("*")):
+        rel = str(path.relative_to(smoke_run))
+        if path.is_dir() or path.name in (".bench.lock", ".snakemake_timestamp"):
+            continue
+        if "/build/ninja/" in rel:  # the compiler's cache, kept on purpose
+            continue
+        if not any(rel == d or rel.startswith(d + "/") for d in declared):
+            undeclared.append(rel)
+    assert not undeclared, undeclared
+
+
+@pytest.mark.slow
+def test_a_lost_result_is_remade(smoke_run):
+    """A result removed after the merge (a killed job removes its outputs; a file moved away)
+    is re-made, and everything downstream of it redone."""
+    root = smoke_run
+    host_dir = root / "results" / "hosts" / _host(root)
+    for name, rule in (("e2e.csv", "e2e"), ("sweep.csv", "sweep"), ("perf.csv", "perf"),
+                       ("autotune.json", "autotune")):
+        moved = root / f"moved-{name}"
+        (host_dir / name).rename(moved)
+        try:
+            planned = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=root)
+        finally:
+            moved.rename(host_dir / name)  # keeps its time stamp: up to date again
+        assert planned.returncode == 0, planned.stdout
+        counts = job_counts(planned.stdout)
+        assert counts.get(rule) == 1 and counts.get("merge") == 1, (name, counts)
+    assert "Nothing to be done" in snakemake("-n", "--configfile", "config/smoke.yaml",
+                                             cwd=root).stdout
+    (host_dir / "sweep.csv").unlink()
+    done = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=root)
+    assert done.returncode == 0, done.stdout
+    merged = pd.read_csv(root / "results" / "merged" / "e2e.csv")
+    assert (host_dir / "sweep.csv").is_file() and (merged["benchmark"] == "sweep").any()
+
+
+@pytest.mark.slow
+def test_merge_drops_the_rows_of_a_copied_file_that_is_gone(smoke_run):
+    root = smoke_run
+    other = copy_host_folder(root / "results" / "hosts", _host(root), "gonebox",
+                             ["hostinfo.json", "micro.csv"])
+    try:
+        first = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=root)
+        assert first.returncode == 0, first.stdout
+        micro = pd.read_csv(root / "results" / "merged" / "micro.csv")
+        assert (micro["host_id"] == "gonebox").any()
+        (other / "micro.csv").unlink()
+        planned = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=root)
+        assert job_counts(planned.stdout).get("merge") == 1, planned.stdout
+        again = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=root)
+        assert again.returncode == 0, again.stdout
+        micro = pd.read_csv(root / "results" / "merged" / "micro.csv")
+        assert not (micro["host_id"] == "gonebox").any()
+    finally:
+        shutil.rmtree(other)
+
+
+@pytest.mark.slow
+def test_report_describes_the_config_the_results_came_from(smoke_run, tmp_path):
+    """Rendered under the default config, the report still shows the smoke config of the
+    results, and holds the merged tables, the paper's tables and its numbers."""
+    report = tmp_path / "report.zip"
+    result = snakemake("--report", str(report), cwd=smoke_run)  # no --configfile: the default
+    assert result.returncode == 0, result.stdout
+    with zipfile.ZipFile(report) as archive:
+        names = archive.namelist()
+        for wanted in ["micro.csv", "e2e.csv", "hosts.csv", "study.json", "numbers.tex",
+                       "micro_summary.tex", "hosts.tex", "micro_speedup.png"]:
+            assert any(n.endswith("/" + wanted) for n in names), (wanted, names)
+        study = json.loads(archive.read(next(n for n in names if n.endswith("/study.json"))))
+        html = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
+    smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    assert study["smoke"] is True and study["config"]["timing"]["fast"] is True
+    assert study["config"]["micro"]["rows"] == smoke["micro"]["rows"]
+    assert "&quot;smoke&quot;: true" in html  # the caption shows the record itself
+
+
+@pytest.mark.slow
+def test_a_benchmark_refuses_to_run_beside_another(smoke_run):
+    """An orphaned benchmark of a killed run still holds the host: a re-run's benchmark stops
+    with a message naming it instead of timing beside it."""
+    root = smoke_run
+    host_dir = root / "results" / "hosts" / _host(root)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(host_dir)],
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = snakemake("--cores", "2", "--configfile", "config/smoke.yaml",
+                           "--forcerun", "perf", cwd=root)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert "another benchmark is running on this host" in result.stdout, result.stdout[-3000:]
+    assert f"pid {holder.pid}" in result.stdout
+    again = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=root)
+    assert again.returncode == 0, again.stdout
+    assert (host_dir / "perf.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_skipped_host_is_said_on_the_terminal_and_in_the_paper(smoke_run):
+    root = smoke_run
+    broken = copy_host_folder(root / "results" / "hosts", _host(root), "brokenbox",
+                              ["hostinfo.json", "micro.csv"])
+    micro = pd.read_csv(broken / "micro.csv", dtype=str, keep_default_na=False)
+    micro.loc[micro.index[0], "median_s"] = "nan"
+    micro.to_csv(broken / "micro.csv", index=False)
+    try:
+        refused = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=root)
+        assert refused.returncode != 0
+        assert "brokenbox" in refused.stdout and "not a finite number" in refused.stdout
+        skipped = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", "--config",
+                            "merge={skip_invalid: true}", cwd=root)
+        assert skipped.returncode == 0, skipped.stdout
+        assert "Host 'brokenbox' was left out of the merge" in skipped.stdout
+        study = json.loads((root / "results" / "merged" / "study.json").read_text())
+        assert [s["host"] for s in study["skipped_hosts"]] == ["brokenbox"]
+        assert "brokenbox" in (root / "paper" / "tables" / "hosts.tex").read_text()
+    finally:
+        shutil.rmtree(broken)

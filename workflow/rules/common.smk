@@ -174,7 +174,7 @@ def cross_field_problems(cfg):
 # --------------------------------------------------------------------------------------------
 def target_hosts():
     """Hosts this run measures: the keys of `hosts` (a cluster), else this machine's id
-    (PAIRED_REPLACEMENT_HOST or the short hostname, as the benchmarks write it)."""
+    (PAIRED_REPLACEMENT_HOST or <short hostname>-<machine hash>, as the benchmarks write it)."""
     return list(config["hosts"]) or [host_id()]
 
 
