@@ -335,3 +335,14 @@ def test_the_paper_builds_without_overfull_lines_or_undefined_references(merged_
     assert not undefined, undefined
     if which == "smoke":
         assert (tmp_path / "paper" / "paper.bbl").is_file()
+
+
+def test_a_skipped_host_is_named_in_the_hosts_table_and_the_text(merged_dir, tmp_path):
+    merged = copy_with(merged_dir, tmp_path / "m", {"skipped_hosts": [
+        {"host": "broken_box", "file": "micro.csv", "reason": "not a finite number"}]})
+    table = tables.hosts(data.Merged(merged))
+    assert "broken\\_box" in table and "left out by the merge: micro.csv" in table
+    v = macros(merged)
+    assert "broken\\_box (micro.csv: not a finite number)" in v["SkippedHostsSentence"]
+    assert macros(copy_with(merged_dir, tmp_path / "ok", {}))["SkippedHostsSentence"] == \
+        "The merge left out no host folder."

@@ -11,7 +11,8 @@
   and vs no_pack with their intervals, and k_mean (mean additions per step). Rows: the e2e
   selection (a host's sweep rows, else its e2e rows), plus the single-configuration e2e job's
   rows of a host whose selection is its sweep (a block of their own).
-* ``hosts`` — host, CPU, physical/logical cores, L3, memory, torch, compiler (hosts.csv).
+* ``hosts`` — host, CPU, physical/logical cores, L3, memory, torch, compiler (hosts.csv);
+  a host merge left out (study.json's ``skipped_hosts``) gets a row saying which file and why.
 
 Flags: a time whose row is implausible (faster than 1.25x a memcpy of its own rows) carries
 :data:`MARKS` ``implausible`` (a dagger), one measured on a busy host ``busy`` (a double dagger); a
@@ -159,6 +160,10 @@ def hosts(merged: data.Merged) -> str:
              fmt_fixed(r["memory_gib"], 0, na=DASH), escape(r["torch_version"]),
              escape(r["compiler"])]
             for _, r in merged.hosts.sort_values("host_id").iterrows()]
+    # Hosts merge left out (study.json's skipped_hosts): named, with the file and the reason.
+    body += [[escape(x["host"]), f"\\multicolumn{{{len(header) - 1}}}{{p{{10cm}}}}{{\\textit{{left "
+              f"out by the merge: {escape(x['file'])}: {escape(x['reason'])}}}}}"]
+             for x in merged.study["skipped_hosts"]]
     # CPU and compiler strings are long: wrapped in paragraph columns to keep the page width.
     return tabular(header, body, "lp{3.2cm}rrrlp{3.6cm}",
                    comment="hosts: one row per host folder; cores: physical/logical")
