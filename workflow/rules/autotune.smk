@@ -21,9 +21,6 @@ rule autotune:
         ),
     log:
         "logs/{host}/autotune.log",
-    message:
-        "{wildcards.host}: autotune, grain x par_threshold x tau per thread count, then the "
-        "winner on held-out masks (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -31,10 +28,14 @@ rule autotune:
         bench_slot=1,
         slurm_extra=bench_slurm_extra,
     params:
+        placement=placement,
         build_dir=lambda wildcards, input: Path(input.build).parent,
         shape=autotune_args(),
         timing=timing_args(),
         threads=torch_threads,
+    message:
+        "{wildcards.host}: autotune, grain x par_threshold x tau per thread count, then the "
+        "winner on held-out masks (progress below and in {log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench autotune {params.shape} {params.timing} "

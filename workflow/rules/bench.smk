@@ -17,8 +17,6 @@ rule micro:
         masks=directory("results/hosts/{host}/micro.masks"),
     log:
         "logs/{host}/micro.log",
-    message:
-        "{wildcards.host}: micro benchmark, one update vs k, every method interleaved (the longest step; progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -26,11 +24,14 @@ rule micro:
         bench_slot=1,
         slurm_extra=bench_slurm_extra,
     params:
+        placement=placement,
         build_dir=lambda wildcards, input: Path(input.build).parent,
         tuning=tuning_arg,
         args=micro_args(),
         timing=timing_args(),
         threads=torch_threads,
+    message:
+        "{wildcards.host}: micro benchmark, one update vs k, every method interleaved (the longest step; progress below and in {log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench micro {params.args} {params.timing} "
@@ -47,8 +48,6 @@ rule e2e:
         spec="results/hosts/{host}/e2e.pyperf.spec.json",
     log:
         "logs/{host}/e2e.log",
-    message:
-        "{wildcards.host}: e2e benchmark, decode steps of a sparse SwiGLU FFN (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -56,11 +55,14 @@ rule e2e:
         bench_slot=1,
         slurm_extra=bench_slurm_extra,
     params:
+        placement=placement,
         build_dir=lambda wildcards, input: Path(input.build).parent,
         tuning=tuning_arg,
         args=e2e_args(),
         timing=timing_args(),
         threads=torch_threads,
+    message:
+        "{wildcards.host}: e2e benchmark, decode steps of a sparse SwiGLU FFN (progress below and in {log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench e2e {params.args} {params.timing} "
@@ -77,8 +79,6 @@ rule sweep:
         spec="results/hosts/{host}/sweep.pyperf.spec.json",
     log:
         "logs/{host}/sweep.log",
-    message:
-        "{wildcards.host}: sweep benchmark, decode steps over m x batch x hidden (progress below and in {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -86,11 +86,14 @@ rule sweep:
         bench_slot=1,
         slurm_extra=bench_slurm_extra,
     params:
+        placement=placement,
         build_dir=lambda wildcards, input: Path(input.build).parent,
         tuning=tuning_arg,
         args=sweep_args(),
         timing=timing_args(),
         threads=torch_threads,
+    message:
+        "{wildcards.host}: sweep benchmark, decode steps over m x batch x hidden (progress below and in {log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench sweep {params.args} {params.timing} "
@@ -111,8 +114,6 @@ rule perf:
         driver=directory("results/hosts/{host}/perf_driver"),
     log:
         "logs/{host}/perf.log",
-    message:
-        "{wildcards.host}: perf benchmark, counters of the timed updates (perf stat or cachegrind; {log})"
     conda:
         "../envs/pipeline.yaml"
     threads: bench_threads
@@ -120,7 +121,10 @@ rule perf:
         bench_slot=1,
         slurm_extra=bench_slurm_extra,
     params:
+        placement=placement,
         args=perf_args(),
+    message:
+        "{wildcards.host}: perf benchmark, counters of the timed updates (perf stat or cachegrind; {log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench perf {params.args} --jobs {threads} "

@@ -17,16 +17,17 @@ rule build:
         library="results/hosts/{host}/build/paired_replacement_ops.so",
     log:
         "logs/{host}/build.log",
-    message:
-        "{wildcards.host}: compiling the ops for this host ({log})"
     conda:
         "../envs/pipeline.yaml"
     resources:
         slurm_extra=host_slurm_extra,
     params:
+        placement=placement,
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
         source_root=lambda wildcards, input: Path(input.binding).parent.parent.parent,
         flags=build_args(),
+    message:
+        "{wildcards.host}: compiling the ops for this host ({log}){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "PAIRED_REPLACEMENT_SOURCE_ROOT={params.source_root} "

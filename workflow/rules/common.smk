@@ -96,7 +96,11 @@ def _config_path(path):
     """A schema error's location as a config key path, e.g. micro.k[2]."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        text += (
+            f"[{part}]"
+            if isinstance(part, int)
+            else (f".{part}" if text else str(part))
+        )
     return text or "(top level)"
 
 
@@ -124,48 +128,61 @@ def validate_config(cfg):
 
 def cross_field_problems(cfg):
     """Relations between keys the schema cannot state; each would otherwise fail only when
-    its benchmark runs, possibly an hour into the study."""
+    its benchmark runs, possibly an hour into the study. A size that is already wrong is not
+    used to judge the sizes that depend on it (one problem, one line)."""
     problems = []
 
-    def need(ok, text):
-        if not ok:
-            problems.append(text)
+    def at_most(key, values, limit, limit_text):
+        worst = max(values, default=None)
+        if worst is not None and worst > limit:
+            problems.append(f"{key}: {worst} exceeds {limit_text}")
 
-    micro = cfg["micro"]
-    swapping = set(micro["pattern"]) & {"uniform", "clustered"}
-    for n in micro["rows"]:
-        for m in micro["m"]:
-            need(m <= n, f"micro.m: {m} exceeds micro.rows {n} (need m <= rows)")
-            for k in micro["k"] if swapping else []:
-                need(k <= m, f"micro.k: {k} exceeds micro.m {m} (k of the m active rows are "
-                     "swapped)")
-                need(k <= n - m, f"micro.k: {k} exceeds the {n - m} inactive rows of "
-                     f"micro.rows {n} - micro.m {m}")
-    tune = cfg["autotune"]
-    need(tune["m"] <= tune["rows"], f"autotune.m: {tune['m']} exceeds autotune.rows "
-         f"{tune['rows']}")
-    for k in tune["k_list"]:
-        limit = min(tune["m"], tune["rows"] - tune["m"])
-        need(k <= limit, f"autotune.k_list: {k} exceeds min(autotune.m, autotune.rows - "
-             f"autotune.m) = {limit}")
-    need(cfg["e2e"]["m"] <= cfg["e2e"]["rows"], f"e2e.m: {cfg['e2e']['m']} exceeds e2e.rows "
-         f"{cfg['e2e']['rows']}")
-    for m in cfg["sweep"]["m_list"]:
-        need(m <= cfg["sweep"]["rows"], f"sweep.m_list: {m} exceeds sweep.rows "
-             f"{cfg['sweep']['rows']}")
-    perf = cfg["perf"]
-    need(perf["active"] <= perf["rows"], f"perf.active: {perf['active']} exceeds perf.rows "
-         f"{perf['rows']}")
-    for k in perf["k"]:
-        limit = min(perf["active"], perf["rows"] - perf["active"])
-        need(k <= limit, f"perf.k: {k} exceeds min(perf.active, perf.rows - perf.active) = "
-             f"{limit}")
+    micro, tune, perf = cfg["micro"], cfg["autotune"], cfg["perf"]
+    at_most(
+        "micro.m", micro["m"], min(micro["rows"]), f"micro.rows {min(micro['rows'])}"
+    )
+    if not problems and set(micro["pattern"]) & {"uniform", "clustered"}:
+        m, free = min(micro["m"]), min(micro["rows"]) - max(micro["m"])
+        at_most(
+            "micro.k",
+            micro["k"],
+            m,
+            f"micro.m {m} (k of the m active rows are swapped)",
+        )
+        at_most(
+            "micro.k",
+            micro["k"],
+            free,
+            f"the {free} inactive rows of micro.rows - micro.m",
+        )
+    for name, sizes, rows in (
+        ("autotune.m", [tune["m"]], tune["rows"]),
+        ("e2e.m", [cfg["e2e"]["m"]], cfg["e2e"]["rows"]),
+        ("sweep.m_list", cfg["sweep"]["m_list"], cfg["sweep"]["rows"]),
+        ("perf.active", [perf["active"]], perf["rows"]),
+    ):
+        at_most(name, sizes, rows, f"{name.split('.')[0]}.rows {rows}")
+    for name, ks, m, rows in (
+        ("autotune.k_list", tune["k_list"], tune["m"], tune["rows"]),
+        ("perf.k", perf["k"], perf["active"], perf["rows"]),
+    ):
+        what = name.split(".")[0]
+        active = "active" if what == "perf" else "m"
+        if m <= rows:
+            at_most(
+                name,
+                ks,
+                min(m, rows - m),
+                f"min({what}.{active}, {what}.rows - {what}.{active}) = {min(m, rows - m)}",
+            )
     primary = cfg["paper"]["primary_host"]
     if primary and not cfg["redraw_only"]:
         measured = list(cfg["hosts"]) or [host_id()]
-        need(primary in measured or Path(HOSTS_DIR, primary).is_dir(),
-             f"paper.primary_host: '{primary}' is neither measured by this run "
-             f"({', '.join(measured)}) nor a folder under {HOSTS_DIR}/")
+        if primary not in measured and not Path(HOSTS_DIR, primary).is_dir():
+            problems.append(
+                f"paper.primary_host: '{primary}' is neither measured by this run "
+                f"({', '.join(measured)}) nor a folder under {HOSTS_DIR}/"
+            )
     return problems
 
 
@@ -174,7 +191,8 @@ def cross_field_problems(cfg):
 # --------------------------------------------------------------------------------------------
 def target_hosts():
     """Hosts this run measures: the keys of `hosts` (a cluster), else this machine's id
-    (PAIRED_REPLACEMENT_HOST or <short hostname>-<machine hash>, as the benchmarks write it)."""
+    (PAIRED_REPLACEMENT_HOST or <short hostname>-<machine hash>, as the benchmarks write it).
+    """
     return list(config["hosts"]) or [host_id()]
 
 
@@ -323,6 +341,17 @@ def host_slurm_extra(wildcards):
 def bench_slurm_extra(wildcards):
     """The same plus --exclusive: a benchmark has its node to itself."""
     return _slurm_flags(wildcards.host, exclusive=True)
+
+
+def placement(wildcards, threads, resources):
+    """Where a host's job runs, for its message: on a cluster its cores and sbatch flags
+    (a job's message replaces the resources in Snakemake's job display); locally nothing.
+    """
+    if not config["hosts"]:
+        return ""
+    return f" [{threads} cores; sbatch {resources.slurm_extra}]".replace(
+        "sbatch ]", "]"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +535,9 @@ def final_targets():
     numbers, plus the PDF when it can be built."""
     targets = analysis_outputs()
     if not config["redraw_only"]:
-        targets += [path for host in target_hosts() for path in host_outputs(host).values()]
+        targets += [
+            path for host in target_hosts() for path in host_outputs(host).values()
+        ]
     reason = paper_skip_reason()
     if reason is None:
         targets.append("paper/paper.pdf")
@@ -522,7 +553,8 @@ def final_targets():
 # --------------------------------------------------------------------------------------------
 def report_skipped_hosts():
     """After a successful run: say on the terminal which host folders merge left out (they are
-    also listed in the paper's hosts table), so a paper built from fewer hosts is never silent."""
+    also listed in the paper's hosts table), so a paper built from fewer hosts is never silent.
+    """
     study = Path(MERGED_DIR, "study.json")
     try:
         skipped = json.loads(study.read_text()).get("skipped_hosts", [])

@@ -22,8 +22,6 @@ rule figures:
         ),
     log:
         "logs/figures/{name}.log",
-    message:
-        "Drawing figure {wildcards.name} from results/merged/"
     wildcard_constraints:
         name="|".join(FIGURES),
     localrule: True
@@ -31,6 +29,8 @@ rule figures:
         "../envs/pipeline.yaml"
     params:
         merged_dir=lambda wildcards, input: Path(input.micro).parent,
+    message:
+        "Drawing figure {wildcards.name} from results/merged/"
     shell:
         "python -m paired_replacement.analysis figure {wildcards.name} "
         "--merged-dir {params.merged_dir} --out {output.pdf} > {log} 2>&1"
@@ -49,8 +49,6 @@ rule tables:
         ),
     log:
         "logs/tables/{name}.log",
-    message:
-        "Writing table {wildcards.name} from results/merged/"
     wildcard_constraints:
         name="|".join(TABLES),
     localrule: True
@@ -58,6 +56,8 @@ rule tables:
         "../envs/pipeline.yaml"
     params:
         merged_dir=lambda wildcards, input: Path(input.micro).parent,
+    message:
+        "Writing table {wildcards.name} from results/merged/"
     shell:
         "python -m paired_replacement.analysis table {wildcards.name} "
         "--merged-dir {params.merged_dir} --out {output.tex} > {log} 2>&1"
@@ -75,13 +75,13 @@ rule numbers:
         ),
     log:
         "logs/numbers.log",
-    message:
-        "Writing the numbers and data-dependent sentences of the paper (numbers.tex)"
     localrule: True
     conda:
         "../envs/pipeline.yaml"
     params:
         merged_dir=lambda wildcards, input: Path(input.micro).parent,
+    message:
+        "Writing the numbers and data-dependent sentences of the paper (numbers.tex)"
     shell:
         "python -m paired_replacement.analysis numbers "
         "--merged-dir {params.merged_dir} --out {output.tex} > {log} 2>&1"

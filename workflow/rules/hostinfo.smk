@@ -7,12 +7,14 @@ rule hostinfo:
         json="results/hosts/{host}/hostinfo.json",
     log:
         "logs/{host}/hostinfo.log",
-    message:
-        "{wildcards.host}: describing the machine (CPU, caches, ISA, memory, versions)"
     conda:
         "../envs/pipeline.yaml"
     resources:
         slurm_extra=host_slurm_extra,
+    params:
+        placement=placement,
+    message:
+        "{wildcards.host}: describing the machine (CPU, caches, ISA, memory, versions){params.placement}"
     shell:
         "PAIRED_REPLACEMENT_HOST={wildcards.host} "
         "python -m paired_replacement.bench hostinfo --out {output.json} > {log} 2>&1"

@@ -22,11 +22,11 @@ else:
             yaml="results/study_config.yaml",
         log:
             "logs/study_config.log",
-        message:
-            "Recording this run's configuration for the merged results"
         localrule: True
         params:
             text=study_config_text(),
+        message:
+            "Recording this run's configuration for the merged results"
         run:
             Path(output.yaml).write_text(params.text)
             Path(log[0]).write_text(f"wrote {output.yaml}\n")
@@ -38,13 +38,19 @@ else:
             code=analysis_code(),
         output:
             micro=report(
-                "results/merged/micro.csv", caption="../report/merged.rst", category="Data"
+                "results/merged/micro.csv",
+                caption="../report/merged.rst",
+                category="Data",
             ),
             e2e=report(
-                "results/merged/e2e.csv", caption="../report/merged.rst", category="Data"
+                "results/merged/e2e.csv",
+                caption="../report/merged.rst",
+                category="Data",
             ),
             perf=report(
-                "results/merged/perf.csv", caption="../report/merged.rst", category="Data"
+                "results/merged/perf.csv",
+                caption="../report/merged.rst",
+                category="Data",
             ),
             autotune=report(
                 "results/merged/autotune.csv",
@@ -52,7 +58,9 @@ else:
                 category="Data",
             ),
             hosts=report(
-                "results/merged/hosts.csv", caption="../report/merged.rst", category="Data"
+                "results/merged/hosts.csv",
+                caption="../report/merged.rst",
+                category="Data",
             ),
             study=report(
                 "results/merged/study.json",
@@ -61,8 +69,6 @@ else:
             ),
         log:
             "logs/merge.log",
-        message:
-            "Merging every host folder under results/hosts/ into results/merged/"
         localrule: True
         conda:
             "../envs/pipeline.yaml"
@@ -70,6 +76,8 @@ else:
             hosts_dir=lambda wildcards, input: Path(input.hostinfo[0]).parent.parent,
             out_dir=lambda wildcards, output: Path(output.micro).parent,
             flags=merge_args(),
+        message:
+            "Merging every host folder under results/hosts/ into results/merged/"
         shell:
             "python -m paired_replacement.analysis merge --hosts-dir {params.hosts_dir} "
             "--out-dir {params.out_dir} --study-config {input.study_config} {params.flags} "

@@ -15,11 +15,11 @@ rule paper:
         pdf=report("paper/paper.pdf", caption="../report/paper.rst", category="Paper"),
     log:
         "logs/paper.log",
-    message:
-        "Building paper/paper.pdf with latexmk ({log})"
     localrule: True
     conda:
         "../envs/latex.yaml"
+    message:
+        "Building paper/paper.pdf with latexmk ({log})"
     shell:
         "latexmk -pdf -cd -interaction=nonstopmode -halt-on-error {input.tex} > {log} 2>&1 "
         "&& latexmk -c -cd {input.tex} >> {log} 2>&1"
