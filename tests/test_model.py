@@ -21,7 +21,8 @@ from paired_replacement.model.churn import churn_series, summary_row
 from paired_replacement.model.hooks import LayerRecord, Records
 from paired_replacement.model.policies import (GateThreshold, OracleTopK, WindowUnion,
                                                density_k, window_union)
-from paired_replacement.model.traces import TraceError, read_trace, write_trace
+from paired_replacement.model.traces import (TraceError, list_traces, read_trace,
+                                             write_trace)
 
 
 def _missing(*names: str) -> list[str]:
@@ -107,7 +108,7 @@ def test_cli_traces_then_churn_on_tiny_model(tmp_path):
     assert main(["traces", "--out", str(out), "--tokens", "48", "--tiny", "--densities", "0.25",
                  "0.5", "--windows", "1", "3", "--quiet", "--time-dense"]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert len(run["heldout"]["token_ids"]) == 48 and run["traces_written"] == 2 * 2 * 2 * 2
+    assert len(run["heldout"]["token_ids"]) == 48 and run["traces_written"] == 2 * 2 * 2
     assert run["timings"]["record_tokens_per_s"] > 0
     csv_path = tmp_path / "churn.csv"
     assert main(["churn", "--traces", str(out), "--out", str(csv_path), "--quiet",
@@ -196,21 +197,24 @@ def test_policy_arguments_are_checked():
 
 # -------------------------------------------------------------------------------------- traces
 
-@pytest.mark.parametrize("shape", [(17, 13), (5, 64), (1, 1)])
+@pytest.mark.parametrize("shape", [(3, 17, 13), (2, 5, 64), (1, 1, 1)])
 def test_trace_round_trip_bit_exact(tmp_path, shape):
     masks = np.random.default_rng(2).random(shape) < 0.3
     meta = {"policy": "oracle_topk", "density": 0.3, "window": 1, "params": {"a": [1, 2]}}
-    path = write_trace(tmp_path, "oracle_topk-d0.300-w1", 7, masks, meta)
+    path = write_trace(tmp_path, "oracle_topk-d0.300-w1", masks, meta)
     trace = read_trace(path)
     assert trace.masks.dtype == np.bool_ and np.array_equal(trace.masks, masks)
+    for i in range(shape[0]):
+        assert np.array_equal(trace.layer(i), masks[i])
     assert {k: trace.meta[k] for k in meta} == meta
-    assert trace.meta["layer"] == 7 and trace.meta["num_tokens"] == shape[0]
-    assert trace.meta["density_measured"] == pytest.approx(masks.mean())
+    assert (trace.num_layers, trace.meta["num_tokens"], trace.meta["num_neurons"]) == shape
+    assert trace.meta["density_measured_per_layer"] == pytest.approx(masks.mean(axis=(1, 2)))
+    assert list_traces(tmp_path) == [path]
 
 
 def test_damaged_trace_files_are_named(tmp_path):
-    masks = np.ones((40, 100), dtype=bool)
-    js = write_trace(tmp_path, "k", 0, masks, {})
+    masks = np.ones((2, 40, 100), dtype=bool)
+    js = write_trace(tmp_path, "k", masks, {})
     npy = js.with_suffix(".npy")
     data = npy.read_bytes()
     npy.write_bytes(data[: len(data) // 2])  # truncated
@@ -225,6 +229,8 @@ def test_damaged_trace_files_are_named(tmp_path):
     js.write_text('{"format": ')  # truncated JSON
     with pytest.raises(TraceError, match=str(js)):
         read_trace(js)
+    with pytest.raises(TraceError, match="no traces"):
+        list_traces(tmp_path / "empty")
 
 
 # --------------------------------------------------------------------------------------- churn

@@ -34,11 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--tokens", type=int, default=256, help="held-out tokens (default 256)")
     tr.add_argument("--calib-tokens", type=int, default=None,
                     help="calibration tokens for the gate thresholds (default: --tokens)")
-    tr.add_argument("--densities", type=float, nargs="+", default=list(DEFAULT_DENSITIES))
+    tr.add_argument("--densities", type=float, nargs="+", default=list(DEFAULT_DENSITIES),
+                    help="fractions of the N neurons per token (default 0.1 0.25 0.5)")
     tr.add_argument("--windows", type=int, nargs="+", default=list(DEFAULT_WINDOWS),
                     help="window-union sizes W over every base policy (1 = the base policy)")
     tr.add_argument("--policies", nargs="+", default=["oracle_topk", "gate_threshold"],
-                    choices=["oracle_topk", "gate_threshold"])
+                    choices=["oracle_topk", "gate_threshold"],
+                    help="base policies (default both); gate_threshold is calibrated per layer "
+                    "on the calibration split")
     tr.add_argument("--tiny", action="store_true",
                     help="a tiny random Llama instead of SmolLM2 (tests; needs transformers only)")
     tr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -91,7 +94,7 @@ def cmd_traces(args) -> int:
     from . import smollm2
     from .corpus import DEFAULT_ROOTS, token_slice, token_ids_sha256
     from .policies import BASE_POLICIES, WindowUnion, window_union
-    from .traces import RUN_FILE, write_run, write_trace
+    from .traces import RUN_FILE, TraceBuilder, write_run
 
     try:
         loaded = smollm2.tiny_llama() if args.tiny else smollm2.load_smollm2()
@@ -109,10 +112,17 @@ def cmd_traces(args) -> int:
     timings: dict = {"threads": args.threads}
 
     calibration = None
+    calib_start = time.perf_counter()
     if "gate_threshold" in args.policies:
         calib_slice = token_slice("calibration", args.calib_tokens or args.tokens, **cut)
         calibration, _ = _record_split(loaded, calib_slice, ("gate",), dtype, "calibration",
                                        args.quiet)
+    bases = [BASE_POLICIES[name](d) for name in args.policies for d in args.densities]
+    if calibration is not None:
+        for base in bases:
+            base.fit(calibration)
+        del calibration
+    timings["calibrate_s"] = time.perf_counter() - calib_start
     quantities = tuple(q for q, p in (("down_in", "oracle_topk"), ("gate", "gate_threshold"))
                        if p in args.policies)
     if args.time_dense:
@@ -124,6 +134,7 @@ def cmd_traces(args) -> int:
     timings["record_s"] = record_s
     timings["record_tokens_per_s"] = len(heldout.token_ids) / record_s
 
+    # Masks layer by layer: each layer's float32 scores are shared by the densities, then freed.
     mask_start = time.perf_counter()
     common = {
         "model_id": loaded.model_id,
@@ -133,22 +144,22 @@ def cmd_traces(args) -> int:
         "documents": [{"name": d.name, "sha256": d.sha256} for d in heldout.documents],
         "run_file": RUN_FILE,
     }
-    jobs = [(name, d) for name in args.policies for d in args.densities]
-    progress = _progress(len(jobs), "masks", args.quiet)
-    written = 0
-    for name, density in jobs:
-        base = BASE_POLICIES[name](density)
-        if calibration is not None:
-            base.fit(calibration)
-        for layer in range(records.num_layers):
+    policies = [WindowUnion(base, w) for base in bases for w in args.windows]
+    builders = {policy.key: TraceBuilder(policy.key) for policy in policies}
+    progress = _progress(records.num_layers, "masks", args.quiet)
+    for layer in range(records.num_layers):
+        for base in bases:
             base_masks = base.masks(records, layer)
             for window in args.windows:
-                policy = WindowUnion(base, window)
-                meta = {**common, "policy": policy.name, "density": policy.density,
-                        "window": policy.window, "params": policy.params}
-                write_trace(args.out, policy.key, layer, window_union(base_masks, window), meta)
-                written += 1
-        progress.step(f"{base.key}: {records.num_layers} layers x {len(args.windows)} windows")
+                key = WindowUnion(base, window).key
+                builders[key].add(window_union(base_masks, window))
+        records.layers[layer].drop_scores()
+        progress.step(f"layer {layer}: {len(bases)} policies x {len(args.windows)} windows")
+    for policy in policies:
+        builders[policy.key].write(args.out, {**common, "policy": policy.name,
+                                              "density": policy.density,
+                                              "window": policy.window, "params": policy.params})
+    written = len(policies)
     timings["masks_and_write_s"] = time.perf_counter() - mask_start
     timings["extraction_tokens_per_s"] = len(heldout.token_ids) / (
         record_s + timings["masks_and_write_s"])
@@ -162,7 +173,7 @@ def cmd_traces(args) -> int:
         "windows": args.windows,
         "corpus_roots": [str(r) for r in roots],
         "heldout": {**heldout.metadata(), "token_ids": heldout.token_ids},
-        "calibration": None if calibration is None else {
+        "calibration": None if "gate_threshold" not in args.policies else {
             **calib_slice.metadata(), "token_ids": calib_slice.token_ids},
         "timings": timings,
         "traces_written": written,
@@ -185,34 +196,36 @@ def cmd_churn(args) -> int:
     except TraceError as exc:
         print(f"paired_replacement.model churn: {exc}", file=sys.stderr)
         return 1
-    groups = defaultdict(list)
-    for path in paths:
-        groups[path.parent.name].append(path)
-    progress = _progress(len(groups), "churn", args.quiet)
+    progress = _progress(len(paths), "churn", args.quiet)
     rows, per_token, pooled = [], [], defaultdict(lambda: defaultdict(list))
-    for key, group in groups.items():
-        for path in group:
-            try:
-                trace = read_trace(path)
-            except TraceError as exc:
-                print(f"paired_replacement.model churn: {exc}", file=sys.stderr)
-                return 1
-            series = churn_series(trace.masks)
-            rows.append(summary_row(trace.meta, trace.masks, series))
+    for path in paths:
+        try:
+            trace = read_trace(path)
+        except TraceError as exc:
+            print(f"paired_replacement.model churn: {exc}", file=sys.stderr)
+            return 1
+        key = trace.meta["key"]
+        for layer in range(trace.num_layers):
+            masks = trace.layer(layer)
+            series = churn_series(masks)
+            rows.append(summary_row({**trace.meta, "layer": layer}, masks, series))
             for name, values in series.ratios().items():
                 pooled[key][name].append(values)
             if args.per_token is not None:
-                per_token.extend(per_token_rows(key, trace.meta["layer"], series))
-        progress.step(f"{key}: {len(group)} layers")
+                per_token.extend(per_token_rows(key, layer, series))
+        progress.step(f"{key}: {trace.num_layers} layers")
     write_csv(args.out, SUMMARY_COLUMNS, rows)
     if args.per_token is not None:
         write_csv(args.per_token, PER_TOKEN_COLUMNS, per_token)
     if not args.quiet:
-        print(f"{'trace (policy-density-window)':34s} {'median A/m':>10s} {'median rows/m':>13s}")
+        # medians over every layer and transition; m is the mask size (grows with the window)
+        print(f"{'trace (policy-density-window)':32s} {'mean m/N':>8s} {'median A/m':>10s} "
+              f"{'median rows/m':>13s}")
         for key, values in pooled.items():
             a = np.median(np.concatenate(values["added_over_m"]))
             w = np.median(np.concatenate(values["rows_written_over_m"]))
-            print(f"{key:34s} {a:10.3f} {w:13.3f}")
+            d = np.mean([r["density_measured"] for r in rows if r["key"] == key])
+            print(f"{key:32s} {d:8.3f} {a:10.3f} {w:13.3f}")
     return 0
 
 

@@ -39,6 +39,8 @@ class LayerRecord:
     down_in: np.ndarray | None = None
     mlp_input: np.ndarray | None = None
 
+    _scores: dict = field(default_factory=dict, repr=False, compare=False)
+
     def get(self, name: str) -> np.ndarray:
         value = getattr(self, name)
         if value is None:
@@ -47,8 +49,25 @@ class LayerRecord:
 
     def silu_gate(self) -> np.ndarray:
         """``silu(gate)`` in float32, ``[T, N]``."""
-        g = self.get("gate").astype(np.float32)
-        return g / (1.0 + np.exp(-g))
+        return silu(self.get("gate"))
+
+    def score(self, name: str) -> np.ndarray:
+        """``|down_in|`` or ``|silu(gate)|`` in float32, computed once and kept until
+        :meth:`drop_scores` (several policies and densities score the same layer)."""
+        if name not in self._scores:
+            makers = {"abs_down_in": lambda: np.abs(self.get("down_in").astype(np.float32)),
+                      "abs_silu_gate": lambda: np.abs(self.silu_gate())}
+            self._scores[name] = makers[name]()
+        return self._scores[name]
+
+    def drop_scores(self) -> None:
+        self._scores.clear()
+
+
+def silu(values: np.ndarray) -> np.ndarray:
+    """``x * sigmoid(x)`` in float32."""
+    x = values.astype(np.float32)
+    return x / (1.0 + np.exp(-x))
 
 
 @dataclass

@@ -78,7 +78,7 @@ class OracleTopK(Policy):
     name = "oracle_topk"
 
     def masks(self, records: Records, layer: int) -> np.ndarray:
-        score = np.abs(records.layers[layer].get("down_in").astype(np.float32))
+        score = records.layers[layer].score("abs_down_in")
         t, n = score.shape
         k = density_k(self.density, n)
         top = np.argpartition(score, n - k, axis=1)[:, n - k :]
@@ -123,7 +123,7 @@ class GateThreshold(Policy):
                 f"{self!r} was fitted on {len(self.thresholds)} layers, records have "
                 f"{records.num_layers}"
             )
-        return np.abs(records.layers[layer].silu_gate()) > self.thresholds[layer]
+        return records.layers[layer].score("abs_silu_gate") > self.thresholds[layer]
 
     @property
     def params(self) -> dict:

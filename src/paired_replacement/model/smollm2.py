@@ -112,6 +112,7 @@ def load_smollm2() -> LoadedModel:
 
     gguf = find_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()  # callers print their own progress
     kwargs = {"gguf_file": gguf.name}
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     model = transformers.AutoModelForCausalLM.from_pretrained(
