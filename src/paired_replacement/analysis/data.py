@@ -51,7 +51,9 @@ from ..bench import common
 
 #: merged file name -> schema name (the merged files of ``merge``)
 MERGED_TABLES = {"micro": "micro", "e2e": "e2e", "perf": "perf", "autotune": "autotune",
-                 "hosts": "hosts"}
+                 "hosts": "hosts", "churn": "churn", "churn_tokens": "churn_tokens"}
+#: merged tables of the real-model stage (results/model/, not per host): name -> schema
+MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens"}
 #: per-host CSV name -> (merged table, schema); sweep rows go into e2e.csv (benchmark 'sweep')
 HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.csv": "perf",
              "autotune.csv": "autotune"}
@@ -123,7 +125,7 @@ def load_table(merged_dir: str | Path, kind: str, *, warn: bool = True) -> pd.Da
 def default_study() -> dict:
     """What :func:`load_study` gives without ``study.json``."""
     return {"primary_host": None, "smoke": False, "config": None, "hosts": [],
-            "skipped_hosts": []}
+            "skipped_hosts": [], "skipped_stages": {}, "model": None}
 
 
 def _check(ok: bool, path: Path, what: str) -> None:
@@ -134,7 +136,9 @@ def _check(ok: bool, path: Path, what: str) -> None:
 def load_study(merged_dir: str | Path) -> dict:
     """``<merged_dir>/study.json`` (written by merge): ``primary_host`` (str or null), ``smoke``
     (bool), ``config`` (object or null), ``hosts`` (list of str), ``skipped_hosts`` (list of
-    objects with ``host``, ``file``, ``reason``). A missing file gives :func:`default_study`; a
+    objects with ``host``, ``file``, ``reason``), ``skipped_stages`` (stage -> why it did not
+    run, e.g. ``model``), ``model`` (the real-model run: model, corpus, timings; or null). A
+    missing file gives :func:`default_study`; a
     missing key its default; a malformed file raises SchemaError naming it."""
     path = Path(merged_dir) / STUDY_FILE
     study = default_study()
@@ -159,6 +163,11 @@ def load_study(merged_dir: str | Path) -> dict:
         isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("host", "file", "reason"))
         for s in skipped), path,
         "'skipped_hosts' must be a list of {host, file, reason} objects (strings)")
+    _check(isinstance(study["skipped_stages"], dict) and all(
+        isinstance(v, str) for v in study["skipped_stages"].values()), path,
+        "'skipped_stages' must map a stage to the reason it did not run")
+    _check(study["model"] is None or isinstance(study["model"], dict), path,
+           "'model' must be an object (the real-model run) or null")
     return study
 
 

@@ -661,6 +661,13 @@ def autotune_landscape(merged: data.Merged):
     return fig
 
 
+def model_churn(merged: data.Merged):
+    """The real-model stage's churn (see :mod:`.model`)."""
+    from .model import model_churn_figure
+
+    return model_churn_figure(merged)
+
+
 FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "micro_speedup": micro_speedup,
     "micro_efficiency": micro_efficiency,
@@ -669,6 +676,7 @@ FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "autotune_landscape": autotune_landscape,
     "cross_host": cross_host,
     "micro_time": micro_time,
+    "model_churn": model_churn,
 }
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..bench import common
-from .data import HOST_CSVS, HOSTINFO, MERGED_TABLES
+from .data import HOST_CSVS, HOSTINFO, MERGED_TABLES, MODEL_TABLES
 
 #: the study record next to the merged tables (see :func:`study_record`)
 STUDY_JSON = "study.json"
@@ -146,6 +146,7 @@ def read_hostinfo(folder: Path) -> dict[str, str]:
 def read_host(folder: Path) -> dict[str, list[pd.DataFrame]]:
     """Every table of one host folder: {merged kind: [frames]}; raises HostError."""
     tables: dict[str, list[pd.DataFrame]] = {kind: [] for kind in MERGED_TABLES}
+    # (the model tables are not per host: see read_model)
     tables["hosts"].append(pd.DataFrame([read_hostinfo(folder)]))
     for file, schema in HOST_CSVS.items():
         if (folder / file).exists():
@@ -161,11 +162,41 @@ def host_folders(hosts_dir: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
+#: what of the real-model run (results/traces/run.json) study.json keeps (the corpus parts
+#: without their token ids, which stay in run.json)
+MODEL_RUN_KEYS = ("model", "timings", "policies", "densities", "windows", "recording_dtype",
+                  "context", "traces_written", "torch", "heldout", "calibration")
+
+
+def read_model(model_dir: Path | None, traces_dir: Path | None):
+    """The real-model stage's tables ({name: frame}) and run summary (or None): churn.csv and
+    churn_tokens.csv of ``model_dir`` through the one reader, the run of ``traces_dir``.
+    Raises common.SchemaError naming the file."""
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in MODEL_TABLES}
+    run = None
+    if model_dir is not None:
+        for name, schema in MODEL_TABLES.items():
+            path = model_dir / f"{name}.csv"
+            if path.is_file():
+                frames[name].append(common.read_results_csv(path, schema))
+    if traces_dir is not None and (traces_dir / "run.json").is_file():
+        path = traces_dir / "run.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise common.SchemaError(f"{path}: not readable as JSON ({exc})") from exc
+        run = {k: raw[k] for k in MODEL_RUN_KEYS if k in raw}
+        for part in ("heldout", "calibration"):
+            if isinstance(run.get(part), dict):
+                run[part] = {k: v for k, v in run[part].items() if k != "token_ids"}
+    return frames, run
+
+
 def merge_frames(per_host: list[dict[str, list[pd.DataFrame]]]) -> dict[str, pd.DataFrame]:
     merged = {}
     for kind, schema in MERGED_TABLES.items():
         columns = common.column_names(schema)
-        frames = [f for tables in per_host for f in tables[kind]]
+        frames = [f for tables in per_host for f in tables.get(kind, [])]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         frame = frame.reindex(columns=columns)
         if not frame.empty:  # the same checks as each host's file (common.read_results_csv)
@@ -231,9 +262,13 @@ def is_smoke(config: dict | None, merged: dict[str, pd.DataFrame]) -> bool:
 
 
 def study_record(config: dict | None, primary_host: str | None, used: list[str],
-                 errors: list[HostError], merged: dict[str, pd.DataFrame]) -> dict:
+                 errors: list[HostError], merged: dict[str, pd.DataFrame],
+                 skipped_stages: dict[str, str] | None = None,
+                 model_run: dict | None = None) -> dict:
     """What the figures, tables and paper need to know about the study besides the tables."""
     return {
+        "skipped_stages": dict(skipped_stages or {}),
+        "model": model_run,
         "primary_host": primary_host,
         "smoke": is_smoke(config, merged),
         "config": config,
@@ -245,7 +280,8 @@ def study_record(config: dict | None, primary_host: str | None, used: list[str],
 
 def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
           primary_host: str | None = None, study_config: Path | None = None,
-          quiet: bool = False) -> int:
+          model_dir: Path | None = None, traces_dir: Path | None = None,
+          skipped_stages: dict[str, str] | None = None, quiet: bool = False) -> int:
     if not hosts_dir.is_dir():
         print(f"error: --hosts-dir {hosts_dir} is not a folder", file=sys.stderr)
         return 1
@@ -281,14 +317,18 @@ def merge(hosts_dir: Path, out_dir: Path, *, skip_invalid: bool = False,
               file=sys.stderr)
         return 1
     try:
-        merged = merge_frames(per_host)
+        model_frames, model_run = read_model(model_dir, traces_dir)
+        merged = merge_frames(per_host + [model_frames])
     except common.SchemaError as exc:  # e.g. two hosts disagreeing on a column's type
         print(f"error: {exc}; nothing written", file=sys.stderr)
         return 1
     if not used:
         print(f"warning: no usable host folder in {hosts_dir}; writing header-only tables",
               file=sys.stderr)
-    study = study_record(config, primary_host or None, used, errors, merged)
+    for stage, reason in (skipped_stages or {}).items():
+        print(f"warning: stage '{stage}' did not run: {reason}", file=sys.stderr)
+    study = study_record(config, primary_host or None, used, errors, merged, skipped_stages,
+                         model_run)
     paths = write_outputs(merged, study, out_dir)
     if not quiet:
         counts = ", ".join(f"{p.name}: {len(merged[p.stem])} rows" for p in paths
@@ -313,7 +353,26 @@ def add_parser(subparsers) -> None:
     p.add_argument("--study-config", type=Path, default=None,
                    help="the workflow config the results were made with (YAML/JSON), copied "
                         "into study.json")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="the real-model stage's folder (churn.csv, churn_tokens.csv)")
+    p.add_argument("--traces-dir", type=Path, default=None,
+                   help="the traces folder (its run.json is summarised in study.json)")
+    p.add_argument("--skipped-stage", action="append", default=[], metavar="STAGE=REASON",
+                   help="a stage of the study that did not run, and why (recorded in study.json "
+                        "and said in the paper); repeatable")
     p.add_argument("--quiet", action="store_true", help="no summary line")
-    p.set_defaults(func=lambda a: merge(a.hosts_dir, a.out_dir, skip_invalid=a.skip_invalid,
-                                        primary_host=a.primary_host,
-                                        study_config=a.study_config, quiet=a.quiet))
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    stages = {}
+    for item in args.skipped_stage:
+        stage, sep, reason = item.partition("=")
+        if not sep or not stage.strip() or not reason.strip():
+            print(f"error: --skipped-stage {item!r}: expected STAGE=REASON", file=sys.stderr)
+            return 2
+        stages[stage.strip()] = reason.strip()
+    return merge(args.hosts_dir, args.out_dir, skip_invalid=args.skip_invalid,
+                 primary_host=args.primary_host, study_config=args.study_config,
+                 model_dir=args.model_dir, traces_dir=args.traces_dir, skipped_stages=stages,
+                 quiet=args.quiet)

@@ -1302,6 +1302,9 @@ def numbers(merged: data.Merged) -> str:
     e2e_more_numbers(out, merged, primary)
     perf_numbers(out, merged, primary)
     autotune_numbers(out, merged, primary)
+    from .model import model_numbers
+
+    model_numbers(out, merged)
     return out.render()
 
 

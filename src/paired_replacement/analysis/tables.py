@@ -13,6 +13,8 @@
   rows of a host whose selection is its sweep (a block of their own).
 * ``hosts`` — host, CPU, physical/logical cores, L3, memory, torch, compiler (hosts.csv);
   a host merge left out (study.json's ``skipped_hosts``) gets a row saying which file and why.
+* ``model_churn`` — the real-model stage: per policy, density and window W, the mask density,
+  the median additions and rows written per token (pooled over layers), see :mod:`.model`.
 
 Flags: a time whose row is implausible (faster than 1.25x a memcpy of its own rows) carries
 :data:`MARKS` ``implausible`` (a dagger), one measured on a busy host ``busy`` (a double dagger); a
@@ -169,8 +171,16 @@ def hosts(merged: data.Merged) -> str:
                    comment="hosts: one row per host folder; cores: physical/logical")
 
 
+def model_churn(merged: data.Merged) -> str:
+    """The real-model stage's churn per policy, density and window (see :mod:`.model`)."""
+    from .model import model_churn_table
+
+    return model_churn_table(merged)
+
+
 TABLES: dict[str, Callable[[data.Merged], str]] = {
     "micro_summary": micro_summary,
     "e2e_summary": e2e_summary,
     "hosts": hosts,
+    "model_churn": model_churn,
 }

@@ -1,0 +1,247 @@
+"""The real-model stage in the paper: churn of SmolLM2's FFN masks per policy, density, window.
+
+Inputs (merged by ``merge`` from ``results/model/`` and ``results/traces/run.json``):
+``churn.csv`` (one row per layer x policy x density x window), ``churn_tokens.csv`` (every
+token-to-token transition: m, additions, removals, rows the cache wrote) and study.json's
+``model`` (model, corpus, timings) and ``skipped_stages`` (why the stage did not run).
+
+Statistics pool every layer's transitions of a trace (``churn_tokens.csv``): "median rows/m" is
+the median over all layers and tokens of rows written / m after the update; per-layer values
+come from ``churn.csv``. Three things the paper shows: the figure ``model_churn`` (CDF of rows/m
+at W = 1, the median by layer, rows/m and mask density vs W), the table ``model_churn`` and the
+macros of :func:`model_numbers`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import data
+from .latex import escape, fmt_fixed, fmt_int, fmt_percent, join_and, tabular
+
+def pct(fraction, decimals: int = 1) -> str:
+    """A fraction as a LaTeX percentage (0.638 -> 63.8\\%)."""
+    return fmt_percent(fraction, decimals) + r"\%"
+
+
+POLICY_TEXT = {"oracle_topk": "oracle top-$k$", "gate_threshold": "gate threshold"}
+POLICY_ORDER = ["oracle_topk", "gate_threshold"]
+
+
+def traces(merged: data.Merged) -> pd.DataFrame:
+    """One row per trace (policy, density, window): measured density, mean m, and the pooled
+    (all layers, all transitions) mean / median / p90 of A/m and rows/m."""
+    summary, tokens = merged["churn"], merged["churn_tokens"]
+    if summary.empty or tokens.empty:
+        return pd.DataFrame(columns=["key", "policy", "density", "window", "density_measured",
+                                     "m_mean", "added_median", "rows_median", "rows_p90",
+                                     "rows_mean", "layers", "transitions"])
+    keys = summary.groupby("key").agg(policy=("policy", "first"), density=("density", "first"),
+                                      window=("window", "first"),
+                                      density_measured=("density_measured", "mean"),
+                                      m_mean=("mask_size_mean", "mean"),
+                                      layers=("layer", "nunique"))
+    valid = tokens[tokens["m"] > 0]
+    added = valid["added"] / valid["m"]
+    rows = valid["rows_written"] / valid["m"]
+    pooled = pd.DataFrame({"key": valid["key"], "added": added, "rows": rows}).groupby("key").agg(
+        added_median=("added", "median"), rows_median=("rows", "median"),
+        rows_p90=("rows", lambda v: float(np.percentile(v, 90))), rows_mean=("rows", "mean"),
+        transitions=("rows", "size"))
+    out = keys.join(pooled, how="inner").reset_index()
+    out["order"] = out["policy"].map({p: i for i, p in enumerate(POLICY_ORDER)}).fillna(9)
+    return out.sort_values(["order", "density", "window"]).drop(columns="order").reset_index(
+        drop=True)
+
+
+def _texts(part: dict) -> str:
+    n = len(part.get("documents", []))
+    return {0: "the licence texts", 1: "one licence text"}.get(n, f"{n} licence texts")
+
+
+def model_info(merged: data.Merged) -> dict:
+    return (merged.study.get("model") or {}).get("model") or {}
+
+
+def _model_name(merged: data.Merged) -> str:
+    info = model_info(merged)
+    name = str(info.get("model_id", "the model")).split("/")[-1]
+    return escape(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure
+# ---------------------------------------------------------------------------------------------
+def model_churn_figure(merged: data.Merged):
+    """Three panels: CDF of rows written / m per transition (W = 1, every policy and density),
+    the median by layer (W = 1), and rows written / m (solid) and mask density m / N (dashed)
+    vs the window W, medians pooled over layers and tokens."""
+    from . import figures
+    import matplotlib.pyplot as plt
+
+    table = traces(merged)
+    title = "Real model: rows the cache writes per token"
+    if table.empty:
+        reason = merged.study.get("skipped_stages", {}).get("model")
+        return figures.no_data_figure(title, "the real-model stage did not run"
+                                      + (f": {reason}" if reason else ""))
+    tokens, summary = merged["churn_tokens"], merged["churn"]
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4), constrained_layout=True)
+    figures.suptitle(fig, title, f"{_model_name(merged).replace(chr(92), '')}, "
+                     f"{int(table['layers'].max())} layers, held-out licence texts; "
+                     "rows written by the paired update / active rows m")
+    single = table[table["window"] == 1]
+    palette = plt.get_cmap("tab10")
+    styles = {"oracle_topk": "-", "gate_threshold": "--"}
+    densities = sorted(single["density"].unique())
+    for i, r in enumerate(single.itertuples()):
+        t = tokens[(tokens["key"] == r.key) & (tokens["m"] > 0)]
+        values = np.sort((t["rows_written"] / t["m"]).to_numpy())
+        color = palette(densities.index(r.density))
+        label = f"{r.policy.replace('_', ' ')} {r.density:.0%}"
+        axes[0].plot(values, np.arange(1, values.size + 1) / values.size, color=color,
+                     linestyle=styles.get(r.policy, ":"), label=label)
+        layers = summary[summary["key"] == r.key].sort_values("layer")
+        axes[1].plot(layers["layer"], layers["rows_written_over_m_median"], color=color,
+                     linestyle=styles.get(r.policy, ":"), marker=".", label=label)
+    axes[0].set(xlabel="rows written / m (per token and layer)", ylabel="fraction of transitions",
+                title="W = 1: distribution", xlim=(0, 1.02))
+    axes[1].set(xlabel="layer", ylabel="median rows written / m", title="W = 1: by layer")
+    for policy, group in table.groupby("policy", sort=False):
+        for density, rows in group.groupby("density"):
+            rows = rows.sort_values("window")
+            color = palette(densities.index(density)) if density in densities else "grey"
+            style = styles.get(policy, ":")
+            axes[2].plot(rows["window"], rows["rows_median"], color=color, marker="o",
+                         linestyle=style)
+            axes[2].plot(rows["window"], rows["density_measured"], color=color, marker="s",
+                         markerfacecolor="none", linestyle=style, linewidth=0.8)
+    axes[2].set_xscale("log", base=2)
+    windows = sorted(table["window"].unique())
+    axes[2].set_xticks(windows, [str(int(w)) for w in windows])
+    axes[2].set(xlabel="window W (union of the last W tokens' masks)", ylim=(0, 1.05),
+                ylabel="fraction", title="window union: rows / m (filled), m / N (hollow)")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette(i), label=f"density {d:.0%}")
+               for i, d in enumerate(densities)]
+    handles += [Line2D([], [], color="black", linestyle=styles[p], label=p.replace("_", " "))
+                for p in POLICY_ORDER if p in set(table["policy"])]
+    handles += [Line2D([], [], color="black", marker="o", linestyle="", label="rows written / m"),
+                Line2D([], [], color="black", marker="s", markerfacecolor="none", linestyle="",
+                       label="mask size m / N")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------
+def model_churn_table(merged: data.Merged) -> str:
+    table = traces(merged)
+    rows = [[POLICY_TEXT.get(r.policy, escape(r.policy)), fmt_percent(r.density, 0),
+             fmt_int(r.window), fmt_percent(r.density_measured), fmt_fixed(r.m_mean, 0),
+             fmt_percent(r.added_median), fmt_percent(r.rows_median), fmt_percent(r.rows_p90)]
+            for r in table.itertuples()]
+    return tabular(["policy", "density [\\%]", "$W$", "$m/N$ [\\%]", "mean $m$",
+                    "med.\\ $A/m$ [\\%]", "med.\\ rows$/m$ [\\%]", "p90 rows$/m$ [\\%]"],
+                   rows, "lrrrrrrr",
+                   comment="model_churn: churn of real-model masks, pooled over layers and "
+                           "token transitions (churn_tokens.csv)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------
+def model_numbers(out, merged: data.Merged) -> None:
+    """Macros: ModelName, ModelShape, ModelStageSentence (whether and on what the stage ran),
+    ModelThreatSentence, and ModelParagraph: the stage sentence followed by those the data
+    supports (churn of the oracle masks and the write bound it implies, the calibrated
+    thresholds, the window union's trade, the extraction speed)."""
+    said: dict[str, str] = {}
+    table = traces(merged)
+    info = model_info(merged)
+    run = merged.study.get("model") or {}
+    reason = merged.study.get("skipped_stages", {}).get("model")
+    shape = (f"hidden size {fmt_int(info.get('hidden_size'))}, "
+             f"$N = {fmt_int(info.get('num_neurons'))}$ FFN neurons, "
+             f"{fmt_int(info.get('num_layers'))} layers") if info else r"\textit{n/a}"
+    out["ModelName"] = _model_name(merged)
+    out["ModelShape"] = shape
+    if table.empty:
+        out["ModelStageSentence"] = (
+            f"The real-model stage did not run: {escape(reason)}." if reason else
+            "The real-model stage has no results here.")
+        out["ModelThreatSentence"] = (
+            "No real model's masks were measured in this run, so nothing here says how much a "
+            "real model's active set changes per token.")
+        out["ModelParagraph"] = out.values["ModelStageSentence"]
+        return
+    out["ModelThreatSentence"] = (
+        f"The real-model masks come from one small model ({_model_name(merged)}) and one corpus, "
+        "with oracle and threshold policies rather than a trained predictor's; their churn is "
+        "counted, not yet timed in the benchmarks, and a policy's cost in quality is not "
+        "measured here.")
+    heldout = run.get("heldout") or {}
+    n_tokens = heldout.get("num_tokens") or int(
+        table.iloc[0]["transitions"] / max(table.iloc[0]["layers"], 1)) + 1
+    out["ModelStageSentence"] = (
+        f"{_model_name(merged)} ({shape}; {escape(info.get('dtype', 'float32'))}) ran "
+        f"teacher-forced over {fmt_int(n_tokens)} held-out tokens of {_texts(heldout)} "
+        "(the licence texts are split by document into calibration and held-out parts).")
+    oracle = table[(table["policy"] == "oracle_topk") & (table["window"] == 1)]
+    if not oracle.empty:
+        parts = [f"{pct(r.rows_median)} at density {pct(r.density, 0)}"
+                 for r in oracle.itertuples()]
+        most = oracle["rows_median"].max()
+        lead = ("Consecutive tokens share few of their active neurons" if most > 0.5 else
+                "Consecutive tokens share most of their active neurons")
+        bounds = join_and([f"{fmt_fixed(1 / r.rows_median, 1)}$\\times$ ({pct(r.density, 0)})"
+                           for r in oracle.itertuples() if r.rows_median > 0])
+        said["ModelChurnSentence"] = (
+            f"{lead}: with oracle top-$k$ masks the paired update rewrites a median "
+            f"{join_and(parts)} of the packed rows per token and layer "
+            "(Figure~\\ref{fig:model_churn}, Table~\\ref{tab:model_churn}): a gather of the whole "
+            f"mask writes only {bounds} as many rows.")
+    else:
+        said["ModelChurnSentence"] = ""
+    gate = table[(table["policy"] == "gate_threshold") & (table["window"] == 1)]
+    if not gate.empty:
+        parts = [f"{pct(r.density_measured)} of $N$ (asked {pct(r.density, 0)})"
+                 f" with a median {pct(r.rows_median)} rewritten"
+                 for r in gate.itertuples()]
+        said["ModelThresholdSentence"] = (
+            "Gate thresholds set per layer on the calibration texts keep "
+            f"{join_and(parts)} on the held-out texts; their mask size varies from token to "
+            "token, so a shrinking mask also moves tail rows.")
+    else:
+        said["ModelThresholdSentence"] = ""
+    windows = table[(table["window"] > 1)]
+    if not windows.empty:
+        # the base nearest a quarter of the neurons (oracle first), the usual reference point
+        base = windows.assign(off=(windows["density"] - 0.25).abs()).sort_values(
+            ["off"], kind="stable").iloc[0]
+        same = table[(table["policy"] == base.policy) & (table["density"] == base.density)]
+        same = same.sort_values("window")
+        parts = [f"$W = {int(r.window)}$: {pct(r.rows_median)} rewritten, "
+                 f"{pct(r.density_measured)} of $N$ held" for r in same.itertuples()]
+        said["ModelWindowSentence"] = (
+            f"A window union over {POLICY_TEXT.get(base.policy, escape(base.policy))} at "
+            f"{pct(base.density, 0)} trades rewrites for size ({'; '.join(parts)}): "
+            "fewer rows change because the block holds more of them, and an FFN that computes on "
+            "the whole union does that much more work per token.")
+    else:
+        said["ModelWindowSentence"] = ""
+    timings = run.get("timings") or {}
+    if timings.get("extraction_tokens_per_s") and timings.get("dense_tokens_per_s"):
+        ratio = timings["extraction_tokens_per_s"] / timings["dense_tokens_per_s"]
+        said["ModelSpeedSentence"] = (
+            f"Recording and masking ran at {fmt_fixed(timings['extraction_tokens_per_s'], 0)} "
+            f"tokens/s against {fmt_fixed(timings['dense_tokens_per_s'], 0)} for the plain "
+            f"forward on the same tokens ({pct(ratio, 0)}; one thread).")
+    else:
+        said["ModelSpeedSentence"] = ""
+    out["ModelParagraph"] = " ".join(
+        [out.values["ModelStageSentence"]] + [text for text in said.values() if text])

@@ -1,0 +1,43 @@
+# The real-model stage (not per host: the masks depend on the model and the corpus, not on the
+# machine): SmolLM2-135M-Instruct run offline over the licence texts, its MLP activations turned
+# into mask traces per policy x density x window (results/traces/), then their churn, replayed
+# through the reference cache (results/model/). merge takes both into results/merged/. Without
+# the `model` extra the rules are not used and merge records why (model_skip_reason).
+
+
+rule traces:
+    output:
+        traces=directory("results/traces"),
+    log:
+        "logs/model/traces.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        # the extraction speed is measured: nothing else runs beside it
+        bench_slot=1,
+    params:
+        args=model_args(),
+    message:
+        "Real model: recording SmolLM2's MLP activations and writing mask traces (progress "
+        "below and in {log})"
+    shell:
+        "HF_HUB_OFFLINE=1 python -m paired_replacement.model traces {params.args} "
+        "--time-dense --threads 1 --out {output.traces} 2>&1 | tee {log}"
+
+
+rule churn:
+    input:
+        traces="results/traces",
+    output:
+        churn="results/model/churn.csv",
+        tokens="results/model/churn_tokens.csv",
+    log:
+        "logs/model/churn.log",
+    conda:
+        "../envs/pipeline.yaml"
+    message:
+        "Real model: churn of every trace (additions, removals, rows the cache writes)"
+    shell:
+        "python -m paired_replacement.model churn --traces {input.traces} "
+        "--out {output.churn} --per-token {output.tokens} > {log} 2>&1"
