@@ -324,7 +324,8 @@ MERGED = ["micro", "e2e", "perf", "autotune", "hosts"]
 def test_merge_writes_validated_tables_from_both_hosts(results, tmp_path):
     merged = results["merged"]
     assert sorted(p.name for p in merged.iterdir()) == sorted(
-        [f"{k}.csv" for k in MERGED] + ["churn.csv", "churn_tokens.csv", "study.json"])
+        [f"{k}.csv" for k in MERGED] + ["churn.csv", "churn_tokens.csv", "quality.csv",
+                                        "study.json"])
     for kind in MERGED:
         frame = common.validate_csv(merged / f"{kind}.csv", kind)
         assert list(frame.columns) == common.column_names(kind)
@@ -611,7 +612,7 @@ def test_tables_are_booktabs_latex(results, tmp_path, name):
                  "--quiet"]) == 0
     tex = out.read_text()
     _check_tabular(tex)
-    if name != "model_churn":  # not per host (its content: test_model_analysis.py)
+    if not name.startswith("model_"):  # not per host (content: test_model_analysis.py)
         assert "alpha" in tex and "beta" in tex
     assert main(["table", name, "--merged-dir", str(results["empty"]), "--out", str(out),
                  "--quiet"]) == 0

@@ -2,7 +2,8 @@
 
 Each host folder is the synthetic one of test_analysis (built by bench.common.write_csv, so it
 is valid); a test damages one copy the way a real fault would (a ``nan`` written by a crashed
-statistic, an emptied column, a hand-edited ratio, a baseline's rows lost) and checks that the
+statistic, an emptied column or ratio, an interval that misses its point, a baseline's rows
+lost) and checks that the
 one reader of results refuses it naming the host, the file, the line and the column -- at the
 host's check, so that ``--skip-invalid`` leaves exactly that host out and says so.
 """
@@ -53,11 +54,8 @@ def _empty_paired_medians(frame):
     frame.loc[frame["method"] == "paired", "median_s"] = ""
 
 
-def _edited_ratio(frame):
-    rows = frame["method"] == "paired"
-    for column in ("speedup_vs_torch_delta", "speedup_vs_torch_delta_ci95_low",
-                   "speedup_vs_torch_delta_ci95_high"):
-        frame.loc[rows, column] = (frame.loc[rows, column].astype(float) * 10).astype(str)
+def _emptied_ratio(frame):
+    frame.loc[frame.index[frame["method"] == "paired"][0], "speedup_vs_torch_delta"] = ""
 
 
 def _baseline_rows_lost(frame):
@@ -77,12 +75,12 @@ def _interval_misses_point(frame):
 @pytest.mark.parametrize("damage, needles", [
     (_nan_median, ["micro.csv", "line 5, column median_s: not a finite number", "'nan'"]),
     (_empty_paired_medians, ["micro.csv", "column median_s: empty, but the schema requires"]),
-    (_edited_ratio, ["speedup_vs_torch_delta", "disagrees with the ratio of the medians",
-                     "edited or mixed up"]),
+    (_emptied_ratio, ["speedup_vs_torch_delta", "empty on the paired row although "
+                      "torch_delta was measured"]),
     (_baseline_rows_lost, ["speedup_vs_torch_delta", "no row of method torch_delta"]),
     (_infinite_ratio, ["column speedup_vs_index_select: not a finite number"]),
     (_interval_misses_point, ["speedup_vs_index_select", "interval does not contain"]),
-], ids=["nan", "emptied", "edited-ratio", "baseline-lost", "inf", "interval"])
+], ids=["nan", "emptied", "ratio-emptied", "baseline-lost", "inf", "interval"])
 def test_damaged_host_file_is_refused_then_skipped(hosts, tmp_path, capsys, damage, needles):
     edit_csv(hosts / "beta" / "micro.csv", damage)
     out = tmp_path / "merged"
@@ -122,20 +120,18 @@ def test_the_same_reader_checks_host_files_and_merged_tables(hosts, tmp_path):
         common.validate_csv(out / "e2e.csv", "e2e")
 
 
-def test_ratios_agree_with_medians_in_real_shaped_data(hosts):
-    """The agreement check is not a tautology: the synthetic ratios are the ratios of the
-    medians, and scaling one median by more than the allowed factor is caught."""
+def test_ratios_are_not_judged_against_the_medians(hosts):
+    """A ratio is the median of round-by-round ratios: under stalls it may differ from the ratio
+    of the two medians by any factor (1.28 against 54.8 in a smoke run), and the file is still
+    a measurement. Scaling a median 50x must not make the reader refuse it."""
     path = hosts / "alpha" / "micro.csv"
-    common.read_results_csv(path, "micro")
-    factor = common.RATIO_AGREEMENT * 1.2
 
     def slower_paired(frame):
         rows = frame["method"] == "paired"
         frame.loc[rows, "median_s"] = (frame.loc[rows, "median_s"].astype(float)
-                                       * factor).astype(str)
+                                       * 50).astype(str)
     edit_csv(path, slower_paired)
-    with pytest.raises(common.SchemaError, match="disagrees with the ratio of the medians"):
-        common.read_results_csv(path, "micro")
+    common.read_results_csv(path, "micro")
 
 
 # ---------------------------------------------------------------------------------------------

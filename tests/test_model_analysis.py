@@ -36,6 +36,9 @@ def stage(tmp_path_factory) -> dict[str, Path]:
                       "0.25", "0.5", "--windows", "1", "4", "--time-dense", "--quiet"]) == 0
     assert model_cli(["churn", "--traces", str(traces), "--out", str(out / "churn.csv"),
                       "--per-token", str(out / "churn_tokens.csv"), "--quiet"]) == 0
+    assert model_cli(["quality", "--tiny", "--out", str(out / "quality.csv"), "--tokens", "40",
+                      "--calib-tokens", "24", "--densities", "0.25", "0.5", "--windows", "1",
+                      "4", "--quiet"]) == 0
     hosts = synthetic.build_hosts(root)
     merged = root / "merged"
     assert analysis(["merge", "--hosts-dir", str(hosts), "--out-dir", str(merged),
@@ -50,7 +53,7 @@ def _macros(path: Path) -> dict[str, str]:
 
 def test_merge_takes_the_churn_tables_and_the_run(stage):
     merged = stage["merged"]
-    for name in ("churn", "churn_tokens"):
+    for name in ("churn", "churn_tokens", "quality"):
         source = pd.read_csv(stage["model"] / f"{name}.csv", dtype=str, keep_default_na=False)
         copied = common.read_results_csv(merged / f"{name}.csv", name)
         pd.testing.assert_frame_equal(source, copied)
@@ -104,6 +107,29 @@ def test_table_figure_and_sentences_follow_the_data(stage, tmp_path):
     assert "did not run" not in paragraph
 
 
+def test_quality_table_and_sentence_follow_the_data(stage, tmp_path):
+    merged = stage["merged"]
+    source = pd.read_csv(stage["model"] / "quality.csv")
+    table = model_analysis.quality(data.Merged(merged))
+    assert len(table) == len(source) == 1 + 2 * 2 * 2 and table.iloc[0]["policy"] == "dense"
+    dense = float(source.loc[source["policy"] == "dense", "perplexity"].iloc[0])
+    assert np.allclose(table["vs_dense"], table["perplexity"] / dense)
+    assert analysis(["table", "model_quality", "--merged-dir", str(merged), "--out",
+                     str(tmp_path / "q.tex"), "--quiet"]) == 0
+    tex = (tmp_path / "q.tex").read_text()
+    assert tex.count(r" \\") - 1 == len(table) and f"{dense:.2f}" in tex
+    assert analysis(["numbers", "--merged-dir", str(merged), "--out", str(tmp_path / "n.tex"),
+                     "--quiet"]) == 0
+    paragraph = _macros(tmp_path / "n.tex")["ModelParagraph"]
+    assert f"perplexity is {dense:.1f}" in paragraph
+    w1 = table[(table["policy"] != "dense") & (table["window"] == 1)]
+    for r in w1.itertuples():
+        assert f"{r.perplexity:.1f} ({r.vs_dense:.2f}$\\times$)" in paragraph
+    within = w1[w1["vs_dense"] <= 1.05]
+    assert ("No policy measured here stays within 5" in paragraph) == within.empty
+    assert "perplexity on licence texts" in _macros(tmp_path / "n.tex")["ModelThreatSentence"]
+
+
 def test_a_skipped_stage_is_said_in_the_paper(stage, tmp_path):
     merged = tmp_path / "merged"
     assert analysis(["merge", "--hosts-dir", str(stage["hosts"]), "--out-dir", str(merged),
@@ -111,7 +137,7 @@ def test_a_skipped_stage_is_said_in_the_paper(stage, tmp_path):
     study = json.loads((merged / "study.json").read_text())
     assert study["skipped_stages"] == {"model": "transformers not installed"}
     assert study["model"] is None
-    for name in ("churn", "churn_tokens"):  # header-only: every reader still works
+    for name in ("churn", "churn_tokens", "quality"):  # header-only: readers still work
         assert pd.read_csv(merged / f"{name}.csv").empty
     assert analysis(["numbers", "--merged-dir", str(merged), "--out", str(tmp_path / "n.tex"),
                      "--quiet"]) == 0

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIGURES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
            "autotune_landscape", "cross_host", "micro_time", "model_churn"]
-TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn"]
+TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality"]
 BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf"}
 ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
@@ -100,7 +100,8 @@ def test_dry_run(configfile):
         assert counts.get(rule) == 1, (rule, counts)
     assert counts["figures"] == len(FIGURES) and counts["tables"] == len(TABLES), counts
     model = 1 if model_installed() else 0  # the real-model stage runs only with its extra
-    assert counts.get("traces", 0) == counts.get("churn", 0) == model, counts
+    for rule in ("traces", "churn", "quality"):
+        assert counts.get(rule, 0) == model, (rule, counts)
     assert counts.get("paper", 0) == (1 if paper_buildable(REPO) else 0), counts
 
 
@@ -229,7 +230,7 @@ def test_model_stage_off_is_said_and_recorded():
     assert result.returncode == 0, result.stdout
     assert "Real-model stage skipped: config model.enabled is false" in result.stdout
     counts = job_counts(result.stdout)
-    assert "traces" not in counts and "churn" not in counts, counts
+    assert not {"traces", "churn", "quality"} & set(counts), counts
     # merge records why, for the paper (its params carry the reason)
     assert "--skipped-stage 'model=config model.enabled is false'" in snakemake(
         "-n", "-p", "--forcerun", "merge", "--config", "model={enabled: false}").stdout
@@ -242,7 +243,8 @@ def test_every_rule_has_a_log_and_a_message():
     runners = {name: body for name, body in zip(blocks[::2], blocks[1::2])
                if re.search(r"^\s+(shell|run|script):", body, flags=re.M)}
     assert {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf", "study_config",
-            "traces", "churn", "merge", "figures", "tables", "numbers", "paper"} <= set(runners)
+            "traces", "churn", "quality", "merge", "figures", "tables", "numbers",
+            "paper"} <= set(runners)
     for name, body in runners.items():
         assert re.search(r"^\s+log:", body, flags=re.M), name
         assert re.search(r"^\s+message:", body, flags=re.M), name
@@ -309,7 +311,8 @@ def test_smoke_run_makes_every_output(smoke_run):
     for name in ["hostinfo.json", "autotune.json", "autotune.csv", "micro.csv", "e2e.csv",
                  "sweep.csv", "perf.csv", "build/manifest.json"]:
         assert (root / "results" / "hosts" / hosts[0] / name).is_file(), name
-    for name in ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens"]:
+    for name in ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens",
+                 "quality"]:
         assert (root / "results" / "merged" / f"{name}.csv").is_file(), name
     churn = pd.read_csv(root / "results" / "merged" / "churn.csv")
     assert churn.empty != model_installed()  # measured exactly when the extra is there

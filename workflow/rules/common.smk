@@ -38,8 +38,17 @@ FIGURES = [
     "micro_time",
     "model_churn",
 ]
-TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn"]
-MERGED_TABLES = ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens"]
+TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality"]
+MERGED_TABLES = [
+    "micro",
+    "e2e",
+    "perf",
+    "autotune",
+    "hosts",
+    "churn",
+    "churn_tokens",
+    "quality",
+]
 # The files of a host folder that merge reads (anything else there is not read).
 HOST_RESULT_FILES = [
     "hostinfo.json",
@@ -273,7 +282,7 @@ def merge_inputs(wildcards):
 
 
 #: merged files a merge of an older version did not write: redraw_only uses them if present
-OPTIONAL_MERGED = {"study", "churn", "churn_tokens"}
+OPTIONAL_MERGED = {"study", "churn", "churn_tokens", "quality"}
 
 
 def merged_tables():
@@ -508,6 +517,15 @@ def model_args():
     )
 
 
+def quality_args():
+    c = config["model"]
+    return cli(
+        ["--tokens", c["quality_tokens"], "--calib-tokens", c["calib_tokens"]],
+        ["--densities", *c["densities"], "--windows", *c["windows"]],
+        ["--policies", *c["policies"], "--context", c["quality_context"]],
+    )
+
+
 def model_skip_reason():
     """Why the real-model stage does not run (None when it does): disabled, or the `model`
     extra / the GGUF wheel missing from this environment."""
@@ -535,6 +553,7 @@ def model_outputs():
     return {
         "churn": f"{MODEL_DIR}/churn.csv",
         "churn_tokens": f"{MODEL_DIR}/churn_tokens.csv",
+        "quality": f"{MODEL_DIR}/quality.csv",
         "traces": TRACES_DIR,
     }
 

@@ -68,6 +68,11 @@ else:
                 category="Data",
             ),
             churn_tokens="results/merged/churn_tokens.csv",
+            quality=report(
+                "results/merged/quality.csv",
+                caption="../report/merged.rst",
+                category="Data",
+            ),
             study=report(
                 "results/merged/study.json",
                 caption="../report/study.rst",

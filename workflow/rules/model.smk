@@ -1,7 +1,8 @@
 # The real-model stage (not per host: the masks depend on the model and the corpus, not on the
 # machine): SmolLM2-135M-Instruct run offline over the licence texts, its MLP activations turned
 # into mask traces per policy x density x window (results/traces/), then their churn, replayed
-# through the reference cache (results/model/). merge takes both into results/merged/. Without
+# through the reference cache, and the held-out perplexity with every FFN masked online by each
+# policy (results/model/). merge takes them into results/merged/. Without
 # the `model` extra the rules are not used and merge records why (model_skip_reason).
 
 
@@ -41,3 +42,21 @@ rule churn:
     shell:
         "python -m paired_replacement.model churn --traces {input.traces} "
         "--out {output.churn} --per-token {output.tokens} > {log} 2>&1"
+
+
+rule quality:
+    output:
+        csv="results/model/quality.csv",
+    log:
+        "logs/model/quality.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    params:
+        args=quality_args(),
+    message:
+        "Real model: held-out perplexity, dense and with every FFN masked by each policy "
+        "(progress below and in {log})"
+    shell:
+        "HF_HUB_OFFLINE=1 python -m paired_replacement.model quality {params.args} "
+        "--threads 1 --out {output.csv} 2>&1 | tee {log}"

@@ -51,9 +51,10 @@ from ..bench import common
 
 #: merged file name -> schema name (the merged files of ``merge``)
 MERGED_TABLES = {"micro": "micro", "e2e": "e2e", "perf": "perf", "autotune": "autotune",
-                 "hosts": "hosts", "churn": "churn", "churn_tokens": "churn_tokens"}
+                 "hosts": "hosts", "churn": "churn", "churn_tokens": "churn_tokens",
+                 "quality": "quality"}
 #: merged tables of the real-model stage (results/model/, not per host): name -> schema
-MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens"}
+MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens", "quality": "quality"}
 #: per-host CSV name -> (merged table, schema); sweep rows go into e2e.csv (benchmark 'sweep')
 HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.csv": "perf",
              "autotune.csv": "autotune"}

@@ -7,7 +7,7 @@ hold ``hostinfo.json`` and may hold ``micro.csv``, ``e2e.csv``, ``sweep.csv``, `
 ``autotune.csv`` (anything else there -- pyperf JSON, build/, autotune.json -- is not read). Each
 CSV is read by the one reader of results (``common.read_results_csv``): it must validate against its
 schema (sweep.csv: the e2e schema: finite numbers, no empty required cell, ratios present exactly
-where their baseline was measured and agreeing with the medians), end with a newline and have as
+where their baseline was measured, inside their intervals), end with a newline and have as
 many fields in every line as in its header (a truncated copy fails), and its ``host_id`` column
 must equal the folder name, as must hostinfo.json's ``host_id``.
 
@@ -354,7 +354,8 @@ def add_parser(subparsers) -> None:
                    help="the workflow config the results were made with (YAML/JSON), copied "
                         "into study.json")
     p.add_argument("--model-dir", type=Path, default=None,
-                   help="the real-model stage's folder (churn.csv, churn_tokens.csv)")
+                   help="the real-model stage's folder (churn.csv, churn_tokens.csv, "
+                        "quality.csv)")
     p.add_argument("--traces-dir", type=Path, default=None,
                    help="the traces folder (its run.json is summarised in study.json)")
     p.add_argument("--skipped-stage", action="append", default=[], metavar="STAGE=REASON",

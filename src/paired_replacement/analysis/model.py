@@ -152,6 +152,34 @@ def model_churn_table(merged: data.Merged) -> str:
                            "token transitions (churn_tokens.csv)")
 
 
+def quality(merged: data.Merged) -> pd.DataFrame:
+    """The perplexity rows (dense first, then policy, density, window), with the ratio to the
+    dense model's perplexity."""
+    rows = merged["quality"]
+    if rows.empty:
+        return rows.assign(vs_dense=pd.Series(dtype=float))
+    dense = rows[rows["policy"] == "dense"]
+    base = float(dense["perplexity"].iloc[0]) if not dense.empty else float("nan")
+    order = {"dense": -1, **{p: i for i, p in enumerate(POLICY_ORDER)}}
+    out = rows.assign(vs_dense=rows["perplexity"] / base,
+                      order=rows["policy"].map(order).fillna(9))
+    return out.sort_values(["order", "density", "window"]).drop(columns="order").reset_index(
+        drop=True)
+
+
+def model_quality_table(merged: data.Merged) -> str:
+    table = quality(merged)
+    rows = [["dense" if r.policy == "dense" else POLICY_TEXT.get(r.policy, escape(r.policy)),
+             "--" if r.policy == "dense" else fmt_percent(r.density, 0),
+             "--" if r.policy == "dense" else fmt_int(r.window),
+             fmt_percent(r.mask_density), f"{r.perplexity:.2f}", f"{r.vs_dense:.3f}"]
+            for r in table.itertuples()]
+    return tabular(["policy", "density [\\%]", "$W$", "FFN density [\\%]", "perplexity",
+                    "/ dense"], rows, "lrrrrr",
+                   comment="model_quality: held-out perplexity, every FFN masked online "
+                           "(quality.csv)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Numbers
 # ---------------------------------------------------------------------------------------------
@@ -179,11 +207,13 @@ def model_numbers(out, merged: data.Merged) -> None:
             "real model's active set changes per token.")
         out["ModelParagraph"] = out.values["ModelStageSentence"]
         return
+    measured_quality = not merged["quality"].empty
     out["ModelThreatSentence"] = (
         f"The real-model masks come from one small model ({_model_name(merged)}) and one corpus, "
         "with oracle and threshold policies rather than a trained predictor's; their churn is "
-        "counted, not yet timed in the benchmarks, and a policy's cost in quality is not "
-        "measured here.")
+        "counted, not yet timed in the benchmarks, and "
+        + ("their cost in quality is a perplexity on licence texts, not a downstream task."
+           if measured_quality else "their cost in quality is not measured here."))
     heldout = run.get("heldout") or {}
     n_tokens = heldout.get("num_tokens") or int(
         table.iloc[0]["transitions"] / max(table.iloc[0]["layers"], 1)) + 1
@@ -234,6 +264,37 @@ def model_numbers(out, merged: data.Merged) -> None:
             "the whole union does that much more work per token.")
     else:
         said["ModelWindowSentence"] = ""
+    q = quality(merged)
+    sparse = q[(q["policy"] != "dense") & (q["window"] == 1)]
+    if not sparse.empty and (q["policy"] == "dense").any():
+        dense = float(q.loc[q["policy"] == "dense", "perplexity"].iloc[0])
+        parts = [f"{POLICY_TEXT.get(r.policy, escape(r.policy))} at {pct(r.density, 0)} "
+                 f"{r.perplexity:.1f} ({fmt_fixed(r.vs_dense, 2)}$\\times$)"
+                 for r in sparse.itertuples()]
+        lossless = sparse[sparse["vs_dense"] <= 1.05]
+        verdict = ("No policy measured here stays within 5\\% of the dense perplexity."
+                   if lossless.empty else
+                   "Within 5\\% of the dense perplexity: " + join_and(
+                       [f"{POLICY_TEXT.get(r.policy, escape(r.policy))} at "
+                        f"{pct(r.density, 0)}" for r in lossless.itertuples()]) + ".")
+        lead = ("Quality has its price" if (sparse["vs_dense"] > 1.05).any() else
+                "Quality holds")
+        said["ModelQualitySentence"] = (
+            f"{lead}: on {fmt_int(int(q['tokens'].iloc[0]))} held-out tokens the "
+            f"dense model's perplexity is {dense:.1f}, and with every FFN computing only on a "
+            f"policy's neurons (masked online) it is {join_and(parts)} "
+            f"(Table~\\ref{{tab:model_quality}}). {verdict}")
+        # unions that still skip at least half the FFN: the interesting ones
+        windowed = q[(q["policy"] != "dense") & (q["window"] > 1) & (q["mask_density"] <= 0.5)]
+        if not windowed.empty:
+            best = windowed.sort_values("vs_dense").iloc[0]
+            said["ModelQualityWindowSentence"] = (
+                "Computing on the whole window union buys quality with work: of the unions that "
+                f"compute on at most half the neurons, the best, "
+                f"{POLICY_TEXT.get(best.policy, escape(best.policy))} at "
+                f"{pct(best.density, 0)} with $W = {int(best.window)}$, reaches "
+                f"{best.perplexity:.1f} ({fmt_fixed(best.vs_dense, 2)}$\\times$ dense) on "
+                f"{pct(best.mask_density)} of the neurons.")
     timings = run.get("timings") or {}
     if timings.get("extraction_tokens_per_s") and timings.get("dense_tokens_per_s"):
         ratio = timings["extraction_tokens_per_s"] / timings["dense_tokens_per_s"]

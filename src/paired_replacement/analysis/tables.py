@@ -15,6 +15,8 @@
   a host merge left out (study.json's ``skipped_hosts``) gets a row saying which file and why.
 * ``model_churn`` — the real-model stage: per policy, density and window W, the mask density,
   the median additions and rows written per token (pooled over layers), see :mod:`.model`.
+* ``model_quality`` — the real model's held-out perplexity, dense and with every FFN masked
+  online by each policy, density and window, and its ratio to the dense perplexity.
 
 Flags: a time whose row is implausible (faster than 1.25x a memcpy of its own rows) carries
 :data:`MARKS` ``implausible`` (a dagger), one measured on a busy host ``busy`` (a double dagger); a
@@ -178,9 +180,17 @@ def model_churn(merged: data.Merged) -> str:
     return model_churn_table(merged)
 
 
+def model_quality(merged: data.Merged) -> str:
+    """The real model's held-out perplexity, dense and per policy (see :mod:`.model`)."""
+    from .model import model_quality_table
+
+    return model_quality_table(merged)
+
+
 TABLES: dict[str, Callable[[data.Merged], str]] = {
     "micro_summary": micro_summary,
     "e2e_summary": e2e_summary,
     "hosts": hosts,
     "model_churn": model_churn,
+    "model_quality": model_quality,
 }

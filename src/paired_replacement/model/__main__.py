@@ -2,7 +2,8 @@
 
 ``traces`` records a real model's FFN activations on held-out corpus tokens and writes mask traces
 per policy x density x window x layer; ``churn`` turns a traces folder into a CSV of per-token
-additions, removals and rows the paired cache writes. Exit status 3 (with a one-line message on
+additions, removals and rows the paired cache writes; ``quality`` measures the held-out perplexity
+of the model with every FFN masked online by each policy. Exit status 3 (with a one-line message on
 stderr) when the ``model`` extra or the GGUF wheel is missing, so a pipeline can skip the stage.
 """
 
@@ -63,6 +64,26 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--per-token", type=Path, default=None,
                     help="also a long CSV with every transition (key, layer, t, m, A, R, rows)")
     ch.add_argument("--quiet", action="store_true", help="no progress lines, no table")
+
+    qu = sub.add_parser("quality", help="held-out perplexity, dense and per policy",
+                        description="Perplexity of the model on the held-out split with every "
+                        "layer's FFN computing only on a policy's neurons, masked online (see "
+                        "paired_replacement.model.quality); one CSV row per policy x density x "
+                        "window, plus the dense model.")
+    qu.add_argument("--out", type=Path, required=True, help="CSV to write")
+    qu.add_argument("--tokens", type=int, default=512, help="held-out tokens (default 512)")
+    qu.add_argument("--calib-tokens", type=int, default=256,
+                    help="calibration tokens for the gate thresholds (default 256)")
+    qu.add_argument("--densities", type=float, nargs="+", default=list(DEFAULT_DENSITIES))
+    qu.add_argument("--windows", type=int, nargs="+", default=list(DEFAULT_WINDOWS))
+    qu.add_argument("--policies", nargs="+", default=["oracle_topk", "gate_threshold"],
+                    choices=["oracle_topk", "gate_threshold"])
+    qu.add_argument("--tiny", action="store_true", help="the tiny random Llama (tests)")
+    qu.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    qu.add_argument("--context", type=int, default=256,
+                    help="tokens per teacher-forced segment (default 256)")
+    qu.add_argument("--corpus-root", type=Path, nargs="+", default=None)
+    qu.add_argument("--quiet", action="store_true", help="no progress lines, no table")
     return parser
 
 
@@ -90,23 +111,37 @@ def _time_dense(loaded, slice_) -> float:
     return time.perf_counter() - start
 
 
-def cmd_traces(args) -> int:
+def _load(args):
+    """The model (tiny or SmolLM2) at ``args.threads`` threads and the corpus-cutting arguments
+    of ``token_slice``; None (after the one-line message) when the extra is missing."""
     from . import smollm2
-    from .corpus import DEFAULT_ROOTS, token_slice, token_ids_sha256
-    from .policies import BASE_POLICIES, WindowUnion, window_union
-    from .traces import RUN_FILE, TraceBuilder, write_run
+    from .corpus import DEFAULT_ROOTS
 
     try:
         loaded = smollm2.tiny_llama() if args.tiny else smollm2.load_smollm2()
     except smollm2.ModelExtraMissing as exc:
         print(f"paired_replacement.model: {exc}", file=sys.stderr)
-        return MISSING_EXTRA_EXIT
+        return None
     import torch
 
     torch.set_num_threads(args.threads)
-    roots = args.corpus_root or DEFAULT_ROOTS
-    bos = loaded.model.config.bos_token_id
-    cut = dict(encode=loaded.encode, context=args.context, bos=bos, roots=roots)
+    cut = dict(encode=loaded.encode, context=args.context,
+               bos=loaded.model.config.bos_token_id, roots=args.corpus_root or DEFAULT_ROOTS)
+    return loaded, cut
+
+
+def cmd_traces(args) -> int:
+    from .corpus import token_slice, token_ids_sha256
+    from .policies import BASE_POLICIES, WindowUnion, window_union
+    from .traces import RUN_FILE, TraceBuilder, write_run
+
+    found = _load(args)
+    if found is None:
+        return MISSING_EXTRA_EXIT
+    import torch
+
+    loaded, cut = found
+    roots = cut["roots"]
     heldout = token_slice("heldout", args.tokens, **cut)
     dtype = np.dtype(args.dtype)
     timings: dict = {"threads": args.threads}
@@ -229,9 +264,48 @@ def cmd_churn(args) -> int:
     return 0
 
 
+QUALITY_COLUMNS = ("model_id", "key", "policy", "density", "window", "tokens", "nll",
+                   "perplexity", "mask_density")
+
+
+def cmd_quality(args) -> int:
+    from .churn import write_csv
+    from .corpus import token_slice
+    from .hooks import record
+    from .policies import BASE_POLICIES, WindowUnion
+    from .quality import evaluate
+
+    found = _load(args)
+    if found is None:
+        return MISSING_EXTRA_EXIT
+    loaded, cut = found
+    heldout = token_slice("heldout", args.tokens, **cut)
+    policies = []
+    calibration = None
+    if "gate_threshold" in args.policies:
+        calib = token_slice("calibration", args.calib_tokens, **cut)
+        calibration = record(loaded.model, calib.token_ids, calib.segments, ("gate",))
+    for name in args.policies:
+        for density in args.densities:
+            base = BASE_POLICIES[name](density)
+            if calibration is not None:
+                base.fit(calibration)
+            policies += [base] + [WindowUnion(base, w) for w in args.windows if w > 1]
+    progress = _progress(len(policies), "quality", args.quiet)
+    rows = evaluate(loaded.model, loaded.layers, heldout.token_ids, heldout.segments, policies,
+                    on_policy=lambda p: progress.step(p.key))
+    write_csv(args.out, QUALITY_COLUMNS,
+              [{"model_id": loaded.model_id, **vars(q)} for q in rows])
+    if not args.quiet:
+        print(f"{'policy-density-window':28s} {'perplexity':>10s} {'FFN density':>11s}")
+        for q in rows:
+            print(f"{q.key:28s} {q.perplexity:10.2f} {q.mask_density:11.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"traces": cmd_traces, "churn": cmd_churn}[args.command](args)
+    return {"traces": cmd_traces, "churn": cmd_churn, "quality": cmd_quality}[args.command](args)
 
 
 if __name__ == "__main__":
