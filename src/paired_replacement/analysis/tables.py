@@ -169,7 +169,7 @@ def hosts(merged: data.Merged) -> str:
               f"out by the merge: {escape(x['file'])}: {escape(x['reason'])}}}}}"]
              for x in merged.study["skipped_hosts"]]
     # CPU and compiler strings are long: wrapped in paragraph columns to keep the page width.
-    return tabular(header, body, "lp{3.2cm}rrrlp{3.6cm}",
+    return tabular(header, body, "lp{2.9cm}rrrlp{3.2cm}",
                    comment="hosts: one row per host folder; cores: physical/logical")
 
 
