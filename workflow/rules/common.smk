@@ -8,6 +8,7 @@ Nothing here reads `config` at include time: the Snakefile validates the config 
 the schema's defaults) only after this file is included, and every function runs later.
 """
 
+import functools
 import json
 import os
 import re
@@ -526,9 +527,12 @@ def quality_args():
     )
 
 
+@functools.cache
 def model_skip_reason():
     """Why the real-model stage does not run (None when it does): disabled, or the `model`
-    extra / the GGUF wheel missing from this environment."""
+    extra / the GGUF wheel missing from this environment. Cached: the config is fixed once
+    validated, and the answer is asked for by the targets, merge's inputs and its arguments.
+    """
     if not config["model"]["enabled"]:
         return "config model.enabled is false"
     missing = [

@@ -75,8 +75,9 @@ def _model_name(merged: data.Merged) -> str:
 # ---------------------------------------------------------------------------------------------
 def model_churn_figure(merged: data.Merged):
     """Three panels: CDF of rows written / m per transition (W = 1, every policy and density),
-    the median by layer (W = 1), and rows written / m (solid) and mask density m / N (dashed)
-    vs the window W, medians pooled over layers and tokens."""
+    the median by layer (W = 1), and rows written / m (filled markers) and mask density m / N
+    (hollow) vs the window W, medians pooled over layers and tokens. Colour: density; line
+    style: policy (one legend below the panels)."""
     from . import figures
     import matplotlib.pyplot as plt
 
@@ -95,16 +96,15 @@ def model_churn_figure(merged: data.Merged):
     palette = plt.get_cmap("tab10")
     styles = {"oracle_topk": "-", "gate_threshold": "--"}
     densities = sorted(single["density"].unique())
-    for i, r in enumerate(single.itertuples()):
+    for r in single.itertuples():
         t = tokens[(tokens["key"] == r.key) & (tokens["m"] > 0)]
         values = np.sort((t["rows_written"] / t["m"]).to_numpy())
-        color = palette(densities.index(r.density))
-        label = f"{r.policy.replace('_', ' ')} {r.density:.0%}"
+        color, style = palette(densities.index(r.density)), styles.get(r.policy, ":")
         axes[0].plot(values, np.arange(1, values.size + 1) / values.size, color=color,
-                     linestyle=styles.get(r.policy, ":"), label=label)
+                     linestyle=style)
         layers = summary[summary["key"] == r.key].sort_values("layer")
         axes[1].plot(layers["layer"], layers["rows_written_over_m_median"], color=color,
-                     linestyle=styles.get(r.policy, ":"), marker=".", label=label)
+                     linestyle=style, marker=".")
     axes[0].set(xlabel="rows written / m (per token and layer)", ylabel="fraction of transitions",
                 title="W = 1: distribution", xlim=(0, 1.02))
     axes[1].set(xlabel="layer", ylabel="median rows written / m", title="W = 1: by layer")
