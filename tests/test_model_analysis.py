@@ -9,6 +9,7 @@ are meaningless but real: every check recomputes them from the per-transition CS
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -40,6 +41,20 @@ def stage(tmp_path_factory) -> dict[str, Path]:
                       "--calib-tokens", "24", "--densities", "0.25", "0.5", "--windows", "1",
                       "4", "--quiet"]) == 0
     hosts = synthetic.build_hosts(root)
+    # the greedy decode of host alpha (host id from the environment, as the pipeline sets it)
+    saved = os.environ.get("PAIRED_REPLACEMENT_HOST")
+    os.environ["PAIRED_REPLACEMENT_HOST"] = "alpha"
+    try:
+        assert model_cli(["decode", "--tiny", "--out", str(hosts / "alpha" / "decode.csv"),
+                          "--densities", "0.25", "0.5", "--window", "4", "--new-tokens", "3",
+                          "--prompt-tokens", "4", "--rounds", "2", "--calib-tokens", "24",
+                          "--logit-check-tokens", "0", "--rss-methods", "dense", "paired",
+                          "--quiet"]) == 0
+    finally:
+        if saved is None:
+            os.environ.pop("PAIRED_REPLACEMENT_HOST")
+        else:
+            os.environ["PAIRED_REPLACEMENT_HOST"] = saved
     merged = root / "merged"
     assert analysis(["merge", "--hosts-dir", str(hosts), "--out-dir", str(merged),
                      "--model-dir", str(out), "--traces-dir", str(traces), "--quiet"]) == 0
@@ -167,3 +182,48 @@ def test_bad_stage_inputs_are_refused(stage, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "churn.csv: line 3, column rows_written_over_m_median: not a finite number" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_decode_table_figure_and_sentences_follow_the_data(stage, tmp_path):
+    merged = stage["merged"]
+    source = pd.read_csv(stage["hosts"] / "alpha" / "decode.csv")
+    copied = pd.read_csv(merged / "decode.csv")
+    assert len(copied) == len(source) == 7 * 2  # every method at each density
+    rows = model_analysis.decode(data.Merged(merged))
+    assert list(rows["config_density"]) == sorted(rows["config_density"])
+    assert analysis(["table", "model_decode", "--merged-dir", str(merged), "--out",
+                     str(tmp_path / "d.tex"), "--quiet"]) == 0
+    tex = (tmp_path / "d.tex").read_text()
+    assert tex.count(r" \\") - 1 == len(source)
+    for r in source.itertuples():
+        assert f"{r.tokens_per_s:.1f} [{r.tokens_per_s_ci95_low:.1f}, " \
+               f"{r.tokens_per_s_ci95_high:.1f}]" in tex
+    # the frontier pairs each method with the perplexity of the mask it computes on
+    points = model_analysis._frontier_points(data.Merged(merged))
+    quality = pd.read_csv(stage["model"] / "quality.csv")
+    gate = quality[quality["policy"] == "gate_threshold"]
+    window = points[(points["method"] == "paired_window") & (points["density"] == 0.5)]
+    assert window["perplexity"].iloc[0] == pytest.approx(float(
+        gate[(gate["density"] == 0.5) & (gate["window"] == 4)]["perplexity"].iloc[0]))
+    paired = points[(points["method"] == "paired") & (points["density"] == 0.25)]
+    assert paired["perplexity"].iloc[0] == pytest.approx(float(
+        gate[(gate["density"] == 0.25) & (gate["window"] == 1)]["perplexity"].iloc[0]))
+    assert analysis(["figure", "model_decode", "--merged-dir", str(merged), "--out",
+                     str(tmp_path / "f.pdf"), "--quiet"]) == 0
+    assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+    assert analysis(["numbers", "--merged-dir", str(merged), "--out", str(tmp_path / "n.tex"),
+                     "--quiet"]) == 0
+    macros = _macros(tmp_path / "n.tex")
+    sentence = macros["ModelDecodeSentence"]
+    first = source[source["density"].isin([0.25, 1.0])].head(7)
+    dense = first[first["method"] == "dense"].iloc[0]
+    assert f"dense model at {dense.tokens_per_s:.1f} tokens/s" in sentence
+    paired = first[first["method"] == "paired"].iloc[0]
+    assert f"cache update {100 * paired.update_share:.0f}\\%" in sentence
+    assert ("within the 10" in sentence) == (
+        float(first[first["method"] == "paired_window"]["update_share"].iloc[0]) <= 0.10)
+    memory = macros["ModelMemorySentence"]
+    ratio = float(source[(source["method"] == "paired") & source["peak_rss_vs_dense"].notna()]
+                  ["peak_rss_vs_dense"].iloc[0])
+    assert f"paired {ratio:.2f}$\\times$" in memory
+    assert ("every probed method stays within" in memory) == (ratio <= 1.15)

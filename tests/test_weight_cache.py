@@ -11,6 +11,8 @@ Run: ``.venv/bin/python -m pytest tests/test_weight_cache.py -q``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -426,3 +428,45 @@ def test_stride_zero_and_offset_masks():
         w.ref.update(new)
         w.mask = new
         w.check()
+
+
+_RESIDENT_PROBE = r"""
+import sys, torch
+from paired_replacement import WeightCache
+
+def rss_kib():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+
+n, h, m = 8192, 1024, int(sys.argv[1])
+gate, up, down = torch.randn(n, h), torch.randn(n, h), torch.randn(h, n)
+mask = torch.zeros(n, dtype=torch.bool)
+mask[:m] = True
+before = rss_kib()
+cache = WeightCache(mask, h, gate, up, down)
+built = rss_kib()
+mask[: n // 2] = True
+cache.update_active_weights(mask)
+grown = rss_kib()
+ok = torch.equal(cache.get_concat_weight(), torch.cat([gate, up], 1)[cache.active_indices()])
+print(before, built, grown, int(ok))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_packed_block_is_resident_only_for_the_slots_used():
+    """A cache costs its pools plus the packed rows it has used, not N packed rows: with m = 64
+    of N = 8192 the packed block (as large as the pools) adds almost nothing, and growing to
+    m = N/2 adds about half of it. (Run in a fresh process: RSS is per process.)"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RESIDENT_PROBE, "64"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    before, built, grown, ok = map(int, out)
+    pools_kib = 8192 * (2 * 1024 + 1024) * 4 // 1024  # gate|up and down^T rows, fp32
+    assert ok == 1
+    assert built - before < 1.15 * pools_kib, (before, built, pools_kib)  # eager: 2x pools
+    assert built - before > 0.9 * pools_kib  # the pools themselves are resident
+    half = grown - built
+    assert 0.35 * pools_kib < half < 0.65 * pools_kib, (half, pools_kib)

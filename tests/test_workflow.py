@@ -28,8 +28,10 @@ from test_bench_common import HOLD_LOCK
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIGURES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
-           "autotune_landscape", "cross_host", "micro_time", "model_churn"]
-TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality"]
+           "autotune_landscape", "cross_host", "micro_time", "model_churn", "micro_trace",
+           "model_decode"]
+TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality",
+          "model_decode"]
 BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf"}
 ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
@@ -100,7 +102,7 @@ def test_dry_run(configfile):
         assert counts.get(rule) == 1, (rule, counts)
     assert counts["figures"] == len(FIGURES) and counts["tables"] == len(TABLES), counts
     model = 1 if model_installed() else 0  # the real-model stage runs only with its extra
-    for rule in ("traces", "churn", "quality"):
+    for rule in ("traces", "churn", "quality", "micro_trace", "decode"):
         assert counts.get(rule, 0) == model, (rule, counts)
     assert counts.get("paper", 0) == (1 if paper_buildable(REPO) else 0), counts
 
@@ -230,7 +232,7 @@ def test_model_stage_off_is_said_and_recorded():
     assert result.returncode == 0, result.stdout
     assert "Real-model stage skipped: config model.enabled is false" in result.stdout
     counts = job_counts(result.stdout)
-    assert not {"traces", "churn", "quality"} & set(counts), counts
+    assert not {"traces", "churn", "quality", "micro_trace", "decode"} & set(counts), counts
     # merge records why, for the paper (its params carry the reason)
     assert "--skipped-stage 'model=config model.enabled is false'" in snakemake(
         "-n", "-p", "--forcerun", "merge", "--config", "model={enabled: false}").stdout
@@ -312,10 +314,19 @@ def test_smoke_run_makes_every_output(smoke_run):
                  "sweep.csv", "perf.csv", "build/manifest.json"]:
         assert (root / "results" / "hosts" / hosts[0] / name).is_file(), name
     for name in ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens",
-                 "quality"]:
+                 "quality", "micro_trace", "decode"]:
         assert (root / "results" / "merged" / f"{name}.csv").is_file(), name
     churn = pd.read_csv(root / "results" / "merged" / "churn.csv")
     assert churn.empty != model_installed()  # measured exactly when the extra is there
+    trace = pd.read_csv(root / "results" / "merged" / "micro_trace.csv")
+    assert trace.empty != model_installed()  # replayed exactly when the traces exist
+    assert (trace["pattern"] == "trace").all() and set(trace["trace_tile"]) <= {1, 2}
+    decode = pd.read_csv(root / "results" / "merged" / "decode.csv")
+    assert decode.empty != model_installed()  # timed exactly when the model is there
+    if model_installed():  # every method at the smoke density, logits checked, RSS probed
+        assert len(decode) == 7 and (decode["density1_max_logit_diff"].dropna() < 1e-3).all()
+        assert decode.set_index("method").loc["paired", "peak_rss_vs_dense"] > 0
+        assert (root / "results" / "hosts" / hosts[0] / "decode.json").is_file()
     assert "\\newcommand" in (root / "paper/generated/numbers.tex").read_text()
     for log in ["merge.log", "numbers.log", f"{hosts[0]}/micro.log", "figures/cross_host.log"]:
         assert (root / "logs" / log).is_file(), log

@@ -73,6 +73,12 @@
 #define PAIRED_REPLACEMENT_X86 1
 #endif
 
+// POSIX hosts map large packed buffers straight from the kernel (see kLazyCommitMinBytes).
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define PAIRED_REPLACEMENT_MMAP 1
+#endif
+
 // Debug builds check the invariants inside the update paths, which are noexcept: a violation
 // prints where it happened and aborts, like assert().
 #ifdef PAIRED_REPLACEMENT_DEBUG
@@ -100,6 +106,12 @@ inline constexpr std::size_t kPadMinRowBytes = 512;
 // An update that writes at least this many bytes uses non-temporal stores (x86 only): the block is
 // larger than the caches, so write-allocate would only evict useful lines. >= 0.
 inline constexpr std::size_t kStreamingMinBytes = std::size_t{8} << 20;
+// Packed buffers of at least this many bytes are anonymous mappings whose pages the kernel commits
+// (zeroed) on first touch, so a packed block costs resident memory only for the slots ever used,
+// max m over the cache's life, not its capacity of N rows: a model with one cache per layer at
+// density d then holds about (1 + d) copies of its FFN weights, not 2. Smaller buffers (and hosts
+// without mmap) are allocated and zeroed up front. >= kAlignBytes.
+inline constexpr std::size_t kLazyCommitMinBytes = std::size_t{1} << 20;
 // Defaults of the per-cache settings (environment variables override them at construction).
 inline constexpr std::int64_t kDefaultGrain = 64;          // rows per parallel task; >= 1
 inline constexpr std::int64_t kDefaultParThreshold = 64;   // copy in parallel when W >= this; >= 0
@@ -237,8 +249,20 @@ namespace detail {
 
 // Aligned, zero-initialised byte buffer shared with whoever exposes views of it (the binding hands
 // a copy of the shared_ptr to every tensor it creates, so views never dangle).
-inline std::shared_ptr<std::byte> make_aligned_buffer(std::size_t bytes) {
+// With `lazy` (and bytes >= kLazyCommitMinBytes on a POSIX host) the buffer is an anonymous
+// mapping: page-aligned, zero on first read, resident only once touched. Throws std::bad_alloc.
+inline std::shared_ptr<std::byte> make_aligned_buffer(std::size_t bytes, bool lazy = false) {
   const std::size_t size = std::max<std::size_t>(bytes, kAlignBytes);
+#ifdef PAIRED_REPLACEMENT_MMAP
+  if (lazy && size >= kLazyCommitMinBytes) {
+    void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    PAIRED_REPLACEMENT_ASSERT(reinterpret_cast<std::uintptr_t>(m) % kAlignBytes == 0);
+    return std::shared_ptr<std::byte>(static_cast<std::byte*>(m),
+                                      [size](std::byte* q) { ::munmap(q, size); });
+  }
+#endif
+  (void)lazy;
   auto* p = static_cast<std::byte*>(::operator new(size, std::align_val_t{kAlignBytes}));
   std::memset(p, 0, size);  // defined padding, and pages committed before the first timed update
   return std::shared_ptr<std::byte>(
@@ -523,8 +547,9 @@ class WeightCache {
     down_ld_ = shape_.down_ld_bytes();
     pool_concat_ = detail::make_aligned_buffer(n * concat_ld_);
     pool_down_ = detail::make_aligned_buffer(n * down_ld_);
-    packed_concat_ = detail::make_aligned_buffer(n * concat_ld_);
-    packed_down_ = detail::make_aligned_buffer(n * down_ld_);
+    // Capacity N rows, committed as slots are first used (kLazyCommitMinBytes).
+    packed_concat_ = detail::make_aligned_buffer(n * concat_ld_, /*lazy=*/true);
+    packed_down_ = detail::make_aligned_buffer(n * down_ld_, /*lazy=*/true);
 
     const std::size_t gate_bytes = static_cast<std::size_t>(shape_.gate_cols) * es;
     const std::size_t up_bytes = static_cast<std::size_t>(shape_.up_cols) * es;

@@ -39,6 +39,42 @@ rule micro:
         "--out {output.csv} 2>&1 | tee {log}"
 
 
+# micro on the real model's recorded masks (results/traces/, made by the model stage; the rule
+# is a target only when that stage runs): the model's N and hidden size, and tile x N with the
+# masks of `tile` consecutive layers side by side (rows say so: trace, trace_tile).
+rule micro_trace:
+    input:
+        unpack(bench_inputs),
+        traces=TRACES_DIR,
+    output:
+        csv="results/hosts/{host}/micro_trace.csv",
+        pyperf="results/hosts/{host}/micro_trace.pyperf.json",
+        spec="results/hosts/{host}/micro_trace.pyperf.spec.json",
+        masks=directory("results/hosts/{host}/micro_trace.masks"),
+    log:
+        "logs/{host}/micro_trace.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: bench_threads
+    resources:
+        bench_slot=1,
+        slurm_extra=bench_slurm_extra,
+    params:
+        placement=placement,
+        build_dir=lambda wildcards, input: Path(input.build).parent,
+        tuning=tuning_arg,
+        args=lambda wildcards, input: micro_trace_args(input.traces),
+        timing=timing_args(),
+        threads=torch_threads,
+    message:
+        "{wildcards.host}: micro benchmark on the real model's recorded masks, per trace and tile (progress below and in {log}){params.placement}"
+    shell:
+        "PAIRED_REPLACEMENT_HOST={wildcards.host} "
+        "python -m paired_replacement.bench micro {params.args} {params.timing} "
+        "--threads {params.threads} --build-dir {params.build_dir} {params.tuning} "
+        "--out {output.csv} 2>&1 | tee {log}"
+
+
 rule e2e:
     input:
         unpack(bench_inputs),

@@ -38,8 +38,17 @@ FIGURES = [
     "cross_host",
     "micro_time",
     "model_churn",
+    "micro_trace",
+    "model_decode",
 ]
-TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality"]
+TABLES = [
+    "micro_summary",
+    "e2e_summary",
+    "hosts",
+    "model_churn",
+    "model_quality",
+    "model_decode",
+]
 MERGED_TABLES = [
     "micro",
     "e2e",
@@ -49,6 +58,8 @@ MERGED_TABLES = [
     "churn",
     "churn_tokens",
     "quality",
+    "micro_trace",
+    "decode",
 ]
 # The files of a host folder that merge reads (anything else there is not read).
 HOST_RESULT_FILES = [
@@ -58,6 +69,8 @@ HOST_RESULT_FILES = [
     "sweep.csv",
     "perf.csv",
     "autotune.csv",
+    "micro_trace.csv",
+    "decode.csv",
 ]
 # A host id as hostinfo.host_id() writes it.
 HOST_ID_PATTERN = r"[A-Za-z0-9_.-]+"
@@ -190,6 +203,20 @@ def cross_field_problems(cfg):
                 min(m, rows - m),
                 f"min({what}.{active}, {what}.rows - {what}.{active}) = {min(m, rows - m)}",
             )
+    model, trace = cfg["model"], cfg["micro_trace"]
+    if model["enabled"] and trace["enabled"]:
+        written = {
+            f"{p}-d{d:.3f}-w{w}"
+            for p in model["policies"]
+            for d in model["densities"]
+            for w in model["windows"]
+        }
+        for key in trace["keys"]:
+            if key not in written:
+                problems.append(
+                    f"micro_trace.keys: '{key}' is not a trace the model stage writes "
+                    "(model.policies x model.densities x model.windows)"
+                )
     primary = cfg["paper"]["primary_host"]
     if primary and not cfg["redraw_only"]:
         measured = list(cfg["hosts"]) or [host_id()]
@@ -262,6 +289,10 @@ def host_outputs(host):
     if config["autotune"]["enabled"]:
         outputs["autotune"] = f"{HOSTS_DIR}/{host}/autotune.csv"
         outputs["autotune_json"] = f"{HOSTS_DIR}/{host}/autotune.json"
+    if micro_trace_runs():
+        outputs["micro_trace"] = f"{HOSTS_DIR}/{host}/micro_trace.csv"
+    if model_skip_reason() is None:
+        outputs["decode"] = f"{HOSTS_DIR}/{host}/decode.csv"
     return outputs
 
 
@@ -283,7 +314,7 @@ def merge_inputs(wildcards):
 
 
 #: merged files a merge of an older version did not write: redraw_only uses them if present
-OPTIONAL_MERGED = {"study", "churn", "churn_tokens", "quality"}
+OPTIONAL_MERGED = {"study", "churn", "churn_tokens", "quality", "micro_trace", "decode"}
 
 
 def merged_tables():
@@ -456,6 +487,22 @@ def micro_args():
     )
 
 
+def micro_trace_runs():
+    """micro on the recorded masks: when enabled and the model stage (its traces) runs."""
+    return config["micro_trace"]["enabled"] and model_skip_reason() is None
+
+
+def micro_trace_args(traces):
+    """The traces of micro_trace.keys in the folder `traces`, tiles, steps, methods."""
+    c = config["micro_trace"]
+    return cli(
+        ["--pattern", "trace", "--trace"],
+        [f"{traces}/{key}.json" for key in c["keys"]],
+        ["--trace-layer", c["layer"], "--trace-tile", *c["tiles"]],
+        ["--steps", c["steps"], "--methods", *c["methods"]],
+    )
+
+
 def _ffn_args(c):
     return [
         ["--gate", on_off(c["gate"]), "--dtype", c["dtype"], "--rho", c["rho"]],
@@ -524,6 +571,19 @@ def quality_args():
         ["--tokens", c["quality_tokens"], "--calib-tokens", c["calib_tokens"]],
         ["--densities", *c["densities"], "--windows", *c["windows"]],
         ["--policies", *c["policies"], "--context", c["quality_context"]],
+    )
+
+
+def decode_args():
+    c = config["model"]["decode"]
+    return cli(
+        ["--densities", *c["densities"], "--window", c["window"]],
+        ["--methods", *c["methods"]],
+        ["--prompt-tokens", c["prompt_tokens"], "--new-tokens", c["new_tokens"]],
+        ["--rounds", c["rounds"], "--threads", c["threads"]],
+        ["--calib-tokens", config["model"]["calib_tokens"]],
+        ["--logit-check-tokens", c["logit_check_tokens"]],
+        ["--rss-methods", *c["rss_methods"]],
     )
 
 

@@ -73,6 +73,16 @@ else:
                 caption="../report/merged.rst",
                 category="Data",
             ),
+            micro_trace=report(
+                "results/merged/micro_trace.csv",
+                caption="../report/merged.rst",
+                category="Data",
+            ),
+            decode=report(
+                "results/merged/decode.csv",
+                caption="../report/merged.rst",
+                category="Data",
+            ),
             study=report(
                 "results/merged/study.json",
                 caption="../report/study.rst",

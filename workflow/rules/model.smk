@@ -2,7 +2,8 @@
 # machine): SmolLM2-135M-Instruct run offline over the licence texts, its MLP activations turned
 # into mask traces per policy x density x window (results/traces/), then their churn, replayed
 # through the reference cache, and the held-out perplexity with every FFN masked online by each
-# policy (results/model/). merge takes them into results/merged/. Without
+# policy (results/model/), and on each host the greedy decode with a weight cache per layer
+# (results/hosts/<host>/decode.csv). merge takes them into results/merged/. Without
 # the `model` extra the rules are not used and merge records why (model_skip_reason).
 
 
@@ -60,3 +61,32 @@ rule quality:
     shell:
         "HF_HUB_OFFLINE=1 python -m paired_replacement.model quality {params.args} "
         "--threads 1 --out {output.csv} 2>&1 | tee {log}"
+
+
+# Greedy decode of the real model on each host (timed: it holds the host like a benchmark), every
+# layer's FFN behind a weight cache of the host's build, one method after another run by run.
+rule decode:
+    input:
+        unpack(bench_inputs),
+    output:
+        csv="results/hosts/{host}/decode.csv",
+        details="results/hosts/{host}/decode.json",
+    log:
+        "logs/{host}/decode.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: bench_threads
+    resources:
+        bench_slot=1,
+        slurm_extra=bench_slurm_extra,
+    params:
+        placement=placement,
+        build_dir=lambda wildcards, input: Path(input.build).parent,
+        args=decode_args(),
+    message:
+        "{wildcards.host}: real decode, SmolLM2 token by token with a weight cache per layer, every method interleaved (progress below and in {log}){params.placement}"
+    shell:
+        "PAIRED_REPLACEMENT_HOST={wildcards.host} HF_HUB_OFFLINE=1 "
+        "python -m paired_replacement.model decode {params.args} "
+        "--build-dir {params.build_dir} --out {output.csv} --json {output.details} "
+        "2>&1 | tee {log}"

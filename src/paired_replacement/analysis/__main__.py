@@ -47,8 +47,10 @@ def _numbers(args: argparse.Namespace) -> int:
 
 # Names only (the figure/table modules import matplotlib, seaborn: loaded when used).
 FIGURE_NAMES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
-                "autotune_landscape", "cross_host", "micro_time", "model_churn"]
-TABLE_NAMES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality"]
+                "autotune_landscape", "cross_host", "micro_time", "model_churn", "micro_trace",
+                "model_decode"]
+TABLE_NAMES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality",
+               "model_decode"]
 
 
 def _add_io_args(parser: argparse.ArgumentParser, out_help: str) -> None:

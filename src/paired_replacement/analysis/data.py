@@ -52,12 +52,15 @@ from ..bench import common
 #: merged file name -> schema name (the merged files of ``merge``)
 MERGED_TABLES = {"micro": "micro", "e2e": "e2e", "perf": "perf", "autotune": "autotune",
                  "hosts": "hosts", "churn": "churn", "churn_tokens": "churn_tokens",
-                 "quality": "quality"}
+                 "quality": "quality", "micro_trace": "micro", "decode": "decode"}
 #: merged tables of the real-model stage (results/model/, not per host): name -> schema
 MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens", "quality": "quality"}
-#: per-host CSV name -> (merged table, schema); sweep rows go into e2e.csv (benchmark 'sweep')
+#: per-host CSV name -> merged table (its schema: MERGED_TABLES); sweep rows go into e2e.csv
+#: (benchmark 'sweep'); micro_trace.csv (micro on recorded masks) and decode.csv (the real
+#: model's greedy decode) are optional, like every file
 HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.csv": "perf",
-             "autotune.csv": "autotune"}
+             "autotune.csv": "autotune", "micro_trace.csv": "micro_trace",
+             "decode.csv": "decode"}
 HOSTINFO = "hostinfo.json"
 #: what merge knows about the study (primary host, smoke, config, hosts, skipped hosts)
 STUDY_FILE = "study.json"
@@ -115,6 +118,7 @@ def load_table(merged_dir: str | Path, kind: str, *, warn: bool = True) -> pd.Da
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise common.SchemaError(f"{path}: unreadable as CSV ({exc})") from exc
     expected = common.column_names(name)
+    frame = common.fill_absent_columns(frame, name)  # written before a column existed
     if list(frame.columns) != expected:
         raise common.SchemaError(f"{path}: columns do not match schema '{name}'")
     if frame.empty:

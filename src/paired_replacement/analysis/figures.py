@@ -47,7 +47,8 @@ _STYLE = {
     "torch_delta_indices": (3, "X"), "index_select": (6, "h"), "rebuild_floor": (14, "p"),
     "rebuild": (14, "p"), "memcpy_floor": (8, "<"), "memcpy_floor_nt": (9, ">"),
     "no_pack": (10, "d"), "ffn_floor": (15, "H"), "dense": (16, "8"), "bool_mask": (7, "*"),
-    "numpy_reference": (12, "o")}
+    "numpy_reference": (12, "o"), "gather": (6, "h"), "paired_window": (1, "s"),
+    "paired_window_subset": (19, "D")}
 METHOD_ORDER = list(_STYLE)
 _TAB20 = sns.color_palette("tab20", 20)
 _PALETTE = {m: _TAB20[i] for m, (i, _) in _STYLE.items()}
@@ -668,6 +669,20 @@ def model_churn(merged: data.Merged):
     return model_churn_figure(merged)
 
 
+def micro_trace(merged: data.Merged):
+    """micro on the real model's recorded masks, per trace and tile (see :mod:`.trace_micro`)."""
+    from .trace_micro import micro_trace_figure
+
+    return micro_trace_figure(merged)
+
+
+def model_decode(merged: data.Merged):
+    """The real model's greedy decode: speed/quality frontier and step split (see :mod:`.model`)."""
+    from .model import model_decode_figure
+
+    return model_decode_figure(merged)
+
+
 FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "micro_speedup": micro_speedup,
     "micro_efficiency": micro_efficiency,
@@ -677,6 +692,8 @@ FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "cross_host": cross_host,
     "micro_time": micro_time,
     "model_churn": model_churn,
+    "micro_trace": micro_trace,
+    "model_decode": model_decode,
 }
 
 

@@ -3,8 +3,9 @@
     python -m paired_replacement.analysis merge --hosts-dir results/hosts --out-dir results/merged
 
 Every folder ``<hosts-dir>/<host>/`` (sorted by name; names starting with '.' are ignored) must
-hold ``hostinfo.json`` and may hold ``micro.csv``, ``e2e.csv``, ``sweep.csv``, ``perf.csv`` and
-``autotune.csv`` (anything else there -- pyperf JSON, build/, autotune.json -- is not read). Each
+hold ``hostinfo.json`` and may hold ``micro.csv``, ``e2e.csv``, ``sweep.csv``, ``perf.csv``,
+``autotune.csv`` and ``micro_trace.csv`` (micro on recorded masks, the micro schema; anything
+else there -- pyperf JSON, build/, autotune.json -- is not read). Each
 CSV is read by the one reader of results (``common.read_results_csv``): it must validate against its
 schema (sweep.csv: the e2e schema: finite numbers, no empty required cell, ratios present exactly
 where their baseline was measured, inside their intervals), end with a newline and have as
@@ -12,7 +13,8 @@ many fields in every line as in its header (a truncated copy fails), and its ``h
 must equal the folder name, as must hostinfo.json's ``host_id``.
 
 Output, in ``--out-dir``: ``micro.csv``, ``e2e.csv`` (e2e then sweep rows), ``perf.csv``,
-``autotune.csv``, ``hosts.csv`` (one row per hostinfo.json, schema ``hosts``) and ``study.json``
+``autotune.csv``, ``micro_trace.csv``, ``hosts.csv`` (one row per hostinfo.json, schema
+``hosts``) and ``study.json``
 (the primary host, whether the results are a smoke run, the workflow config they were made
 with, the hosts merged and the hosts skipped with why: :func:`study_record`). Cell text is
 copied verbatim (no float re-formatting), so merging the same folders twice gives identical bytes.
@@ -148,9 +150,9 @@ def read_host(folder: Path) -> dict[str, list[pd.DataFrame]]:
     tables: dict[str, list[pd.DataFrame]] = {kind: [] for kind in MERGED_TABLES}
     # (the model tables are not per host: see read_model)
     tables["hosts"].append(pd.DataFrame([read_hostinfo(folder)]))
-    for file, schema in HOST_CSVS.items():
+    for file, kind in HOST_CSVS.items():
         if (folder / file).exists():
-            tables[schema].append(read_csv(folder, file, schema))
+            tables[kind].append(read_csv(folder, file, MERGED_TABLES[kind]))
     return tables
 
 

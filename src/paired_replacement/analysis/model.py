@@ -181,6 +181,265 @@ def model_quality_table(merged: data.Merged) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Real decode (decode.csv, one per host): tokens/s per method, the step split, memory
+# ---------------------------------------------------------------------------------------------
+DECODE_ORDER = ["dense", "gather", "torch_delta", "paired", "no_pack", "paired_window",
+                "paired_window_subset"]
+DECODE_TEXT = {"dense": "dense", "gather": "gather (full re-pack)",
+               "torch_delta": "torch\\_delta", "paired": "paired", "no_pack": "no\\_pack",
+               "paired_window": "paired, window union",
+               "paired_window_subset": "paired, union block, own rows"}
+
+
+def decode_host(merged: data.Merged) -> str | None:
+    """The host whose decode rows the paper shows: study.json's primary host when it has them,
+    else the first host (alphabetically) that has any."""
+    rows = merged["decode"]
+    if rows.empty:
+        return None
+    primary = merged.study.get("primary_host")
+    hosts = sorted(rows["host_id"].unique())
+    return primary if primary in hosts else hosts[0]
+
+
+def decode(merged: data.Merged) -> pd.DataFrame:
+    """The decode rows of :func:`decode_host` in table order (density, then method); the dense
+    rows (one per density configuration, each measured beside its sparse methods) stay with
+    their density."""
+    rows = merged["decode"]
+    host = decode_host(merged)
+    if host is None:
+        return rows
+    rows = rows[rows["host_id"] == host].copy()
+    # the density a row was measured beside: the config's density (dense rows carry 1)
+    config_density = rows[rows["method"] != "dense"].groupby("config_hash")["density"].first()
+    rows["config_density"] = rows["config_hash"].map(config_density).fillna(rows["density"])
+    rows["order"] = rows["method"].map({m: i for i, m in enumerate(DECODE_ORDER)}).fillna(99)
+    return rows.sort_values(["config_density", "order"]).drop(columns="order").reset_index(
+        drop=True)
+
+
+def _ci(point, low, high, digits: int = 2) -> str:
+    if pd.isna(point):
+        return "--"
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def model_decode_table(merged: data.Merged) -> str:
+    table = decode(merged)
+    body = []
+    for r in table.itertuples():
+        body.append([
+            DECODE_TEXT.get(r.method, escape(r.method)) + ("$^b$" if r.busy else ""),
+            fmt_percent(r.config_density, 0), fmt_int(r.window),
+            _ci(r.tokens_per_s, r.tokens_per_s_ci95_low, r.tokens_per_s_ci95_high, 1),
+            _ci(r.speedup_vs_dense, r.speedup_vs_dense_ci95_low, r.speedup_vs_dense_ci95_high),
+            _ci(r.speedup_vs_torch_delta, r.speedup_vs_torch_delta_ci95_low,
+                r.speedup_vs_torch_delta_ci95_high),
+            fmt_percent(r.mask_share, 0), fmt_percent(r.update_share, 0),
+            fmt_percent(r.ffn_share, 0), fmt_percent(r.active_fraction, 0),
+            fmt_fixed(r.rows_written_per_layer, 0),
+            "--" if pd.isna(r.peak_rss_vs_dense) else fmt_fixed(r.peak_rss_vs_dense, 2)])
+    return tabular(["method", "dens.", "$W$", "tokens/s [95\\% CI]", "vs dense",
+                    "vs torch\\_delta", "mask", "upd.", "FFN", "$m/N$", "rows",
+                    "RSS$\\times$"], body, "lrrrrrrrrrrr",
+                   comment="model_decode: greedy decode, every FFN behind a per-layer cache "
+                           "(decode.csv); shares of the step time in %; rows: rows written per "
+                           "layer and token; RSS: peak RSS / dense; b: measured while other "
+                           "processes used the host")
+
+
+def _frontier_points(merged: data.Merged) -> pd.DataFrame:
+    """(method, density, window, tokens/s and interval, perplexity of the mask the FFN computes
+    on): a window union computes on the union (quality at its W), every other sparse method on
+    the token's own mask (quality at W = 1)."""
+    rows, q = decode(merged), quality(merged)
+    if rows.empty or q.empty:
+        return pd.DataFrame()
+    dense_ppl = q.loc[q["policy"] == "dense", "perplexity"]
+    points = []
+    for r in rows.itertuples():
+        if r.method == "dense":
+            ppl = float(dense_ppl.iloc[0]) if not dense_ppl.empty else np.nan
+        else:
+            window = r.window if r.method == "paired_window" else 1
+            match = q[(q["policy"] == "gate_threshold") & (q["window"] == window)
+                      & np.isclose(q["density"], r.density)]
+            ppl = float(match["perplexity"].iloc[0]) if not match.empty else np.nan
+        points.append({"method": r.method, "density": r.config_density, "window": r.window,
+                       "perplexity": ppl, "tps": r.tokens_per_s, "lo": r.tokens_per_s_ci95_low,
+                       "hi": r.tokens_per_s_ci95_high})
+    return pd.DataFrame(points)
+
+
+def model_decode_figure(merged: data.Merged):
+    """Left: the speed/quality frontier, tokens/s (95% interval) against the held-out perplexity
+    of the mask each method computes on; marker: method, fill: density. Right: the mean step time
+    split into mask, cache update, FFN and the rest (attention, head, Python), per method, at
+    the first density."""
+    from . import figures
+    import matplotlib.pyplot as plt
+
+    rows = decode(merged)
+    title = "Real decode: speed against quality, and where a step's time goes"
+    if rows.empty:
+        reason = merged.study.get("skipped_stages", {}).get("model")
+        return figures.no_data_figure(title, "no decode results"
+                                      + (f" (the real-model stage did not run: {reason})"
+                                         if reason else ""))
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8), constrained_layout=True)
+    r0 = rows.iloc[0]
+    figures.suptitle(fig, title, f"{_model_name(merged).replace(chr(92), '')} on "
+                     f"{decode_host(merged)}, {int(r0.threads)} thread(s), greedy, KV cache on; "
+                     f"{int(r0.new_tokens)} timed tokens per run, {int(r0.n_processes)} runs per "
+                     "method, methods interleaved; gate-threshold masks")
+    points = _frontier_points(merged)
+    ax = axes[0]
+    densities = sorted(rows["config_density"].unique())
+    if points.empty or points["perplexity"].isna().all():
+        figures.no_data(ax, "no perplexity for these masks (quality.csv)")
+    else:
+        for (method, density), group in points.groupby(["method", "density"], sort=False):
+            if method == "dense" and density != densities[0]:
+                continue  # one dense point (the dense rows of the other densities are repeats)
+            filled = densities.index(density) == 0 if density in densities else True
+            ax.plot(group["perplexity"], group["tps"], linestyle="",
+                    marker=figures.marker(method), color=figures.color(method),
+                    markerfacecolor=figures.color(method) if filled else "none")
+            figures.errorbars(ax, group["perplexity"], group["tps"], group["lo"], group["hi"],
+                              figures.color(method))
+        ax.set_xscale("log")
+        ax.set(xlabel="held-out perplexity of the computed mask (log)", ylabel="tokens/s",
+               title="frontier (filled: density " + ", hollow: ".join(
+                   f"{d:.0%}" for d in densities) + ")")
+    ax = axes[1]
+    first = rows[rows["config_density"] == densities[0]]
+    y = np.arange(len(first))
+    left = np.zeros(len(first))
+    colors = {"mask": "tab:orange", "update": "tab:red", "ffn": "tab:blue", "other": "0.75"}
+    for phase in ("mask", "update", "ffn", "other"):
+        width = first[f"{phase}_s"].to_numpy() * 1e3
+        ax.barh(y, width, left=left, color=colors[phase], label=phase)
+        left += width
+    ax.set_yticks(y, [m.replace("_", " ") for m in first["method"]])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"mean ms per token (density {densities[0]:.0%})")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    from matplotlib.lines import Line2D
+
+    methods = [m for m in DECODE_ORDER if m in set(rows["method"])]
+    handles = [Line2D([], [], color=figures.color(m), marker=figures.marker(m), linestyle="",
+                      label=m.replace("_", " ")) for m in methods]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    return fig
+
+
+def decode_sentences(merged: data.Merged) -> dict[str, str]:
+    """ModelDecodeSentence (tokens/s, who is fastest, the step split, the window union's update
+    share against the 10% goal), ModelMemorySentence (peak RSS against the 1.15x goal), and
+    ModelLogitSentence (the density-1 check is in decode.json, not here: the sentence says the
+    test suite checks it)."""
+    rows = decode(merged)
+    said = {"ModelDecodeSentence": "",
+            "ModelMemorySentence": "Peak resident memory was not probed in this run.",
+            "ModelDecodePaySentence": "No real decode was measured in this run, so nothing here "
+                                      "says whether FFN sparsity pays in a real model's decode."}
+    if rows.empty:
+        reason = merged.study.get("skipped_stages", {}).get("model")
+        said["ModelDecodeSentence"] = ("No real decode was measured"
+                                       + (f" ({escape(reason)})." if reason else "."))
+        return said
+    host = escape(decode_host(merged))
+    densities = sorted(rows["config_density"].unique())
+    d0 = rows[rows["config_density"] == densities[0]]
+    by = {r.method: r for r in d0.itertuples()}
+    dense = by.get("dense")
+    parts = []
+    for method in ("paired", "torch_delta", "gather", "no_pack", "paired_window"):
+        r = by.get(method)
+        if r is None:
+            continue
+        parts.append(f"{DECODE_TEXT[method]} {r.tokens_per_s:.1f} "
+                     f"({fmt_fixed(r.speedup_vs_dense, 2)}$\\times$ dense, "
+                     f"[{fmt_fixed(r.speedup_vs_dense_ci95_low, 2)}, "
+                     f"{fmt_fixed(r.speedup_vs_dense_ci95_high, 2)}])")
+    sparse = d0[d0["method"] != "dense"]
+    fastest = sparse.sort_values("tokens_per_s", ascending=False).iloc[0] if not sparse.empty \
+        else None
+    text = (f"Greedy decode on {host} ({int(d0.iloc[0].threads)} thread, KV cache on, every "
+            f"layer's FFN behind its own cache, gate thresholds at {pct(densities[0], 0)}) runs "
+            + (f"the dense model at {dense.tokens_per_s:.1f} tokens/s "
+               f"[{dense.tokens_per_s_ci95_low:.1f}, {dense.tokens_per_s_ci95_high:.1f}] and "
+               if dense is not None else "")
+            + join_and(parts) + " (Table~\\ref{tab:model_decode}).")
+    if fastest is not None:
+        verdict = ("faster than dense" if fastest.speedup_vs_dense_ci95_low > 1 else
+                   "not faster than dense beyond the noise" if fastest.speedup_vs_dense_ci95_high
+                   >= 1 else "slower than dense")
+        text += (f" The fastest sparse method here is {DECODE_TEXT.get(fastest.method)}, "
+                 f"{verdict}.")
+    paired = by.get("paired")
+    if paired is not None:
+        text += (f" In a paired step the masks (the dense gate) take {pct(paired.mask_share, 0)} "
+                 f"of the time, the cache update {pct(paired.update_share, 0)} "
+                 f"({fmt_fixed(paired.rows_written_per_layer, 0)} rows per layer and token, "
+                 f"{pct(paired.rows_written_per_layer / (paired.active_fraction * paired.N), 0)}"
+                 f" of the {pct(paired.active_fraction, 0)} of $N$ active) and the FFN "
+                 f"{pct(paired.ffn_share, 0)}; the rest is attention, the LM head and Python.")
+        if dense is not None:
+            text += (f" The dense MLP is {pct(dense.ffn_share, 0)} of a dense step, which bounds "
+                     "what any FFN sparsity can save.")
+    window = by.get("paired_window")
+    if window is not None:
+        goal = "within" if window.update_share <= 0.10 else "above"
+        text += (f" With the union of the last {int(window.window)} masks the update falls to "
+                 f"{pct(window.update_share, 0)} of the step ({goal} the 10\\% goal), while the "
+                 f"FFN computes on {pct(window.active_fraction, 0)} of $N$.")
+    checked = rows.dropna(subset=["density1_max_logit_diff"])
+    if not checked.empty:
+        worst = checked.sort_values("density1_max_logit_diff").iloc[-1]
+        text += (" With every neuron active (density 1) each sparse method computes the dense "
+                 "model: over teacher-forced steps its logits differ from the dense model's by at "
+                 f"most {worst.density1_max_logit_diff:.1e} (largest logit "
+                 f"{worst.density1_max_abs_logit:.0f}), float rounding of a different summation "
+                 "order.")
+    said["ModelDecodeSentence"] = text
+    verdicts = []
+    for density in densities:
+        part = rows[rows["config_density"] == density]
+        sparse = part[part["method"] != "dense"].sort_values("tokens_per_s", ascending=False)
+        if sparse.empty:
+            continue
+        best = sparse.iloc[0]
+        wins = best.speedup_vs_dense_ci95_low > 1
+        verdicts.append(f"at density {pct(density, 0)} the fastest sparse method "
+                        f"({DECODE_TEXT.get(best.method, escape(best.method))}) is "
+                        f"{fmt_fixed(best.speedup_vs_dense, 2)}$\\times$ dense"
+                        + ("" if wins else " (its interval reaches 1: no gain)"))
+    if verdicts:
+        said["ModelDecodePaySentence"] = (
+            "On the real model the ceiling is low: " + "; ".join(verdicts) + ". Every sparse "
+            "method still computes the gate densely to choose its mask, and the FFN is only "
+            "part of a step.")
+    probed = rows.dropna(subset=["peak_rss_vs_dense"])
+    probed = probed[probed["method"] != "dense"]
+    if not probed.empty:
+        parts = [f"{DECODE_TEXT.get(r.method, escape(r.method))} "
+                 f"{fmt_fixed(r.peak_rss_vs_dense, 2)}$\\times$" for r in probed.itertuples()]
+        over = probed[probed["peak_rss_vs_dense"] > 1.15]
+        said["ModelMemorySentence"] = (
+            "Peak resident memory while building the caches and decoding, relative to the dense "
+            f"model's (fresh processes, after loading): {join_and(parts)}; "
+            + ("every probed method stays within the 1.15$\\times$ goal" if over.empty else
+               "above the 1.15$\\times$ goal: " + join_and(
+                   [DECODE_TEXT.get(m, escape(m)) for m in over["method"]]))
+            + ". The caches take over the MLP weights (the originals are released), and a packed "
+            "block's pages are committed only as its slots are first used.")
+    return said
+
+
+# ---------------------------------------------------------------------------------------------
 # Numbers
 # ---------------------------------------------------------------------------------------------
 def model_numbers(out, merged: data.Merged) -> None:
@@ -189,6 +448,9 @@ def model_numbers(out, merged: data.Merged) -> None:
     supports (churn of the oracle masks and the write bound it implies, the calibrated
     thresholds, the window union's trade, the extraction speed)."""
     said: dict[str, str] = {}
+    # the decode is per host and may exist without traces (a copied-in host folder)
+    for name, text in decode_sentences(merged).items():
+        out[name] = text
     table = traces(merged)
     info = model_info(merged)
     run = merged.study.get("model") or {}
@@ -210,8 +472,11 @@ def model_numbers(out, merged: data.Merged) -> None:
     measured_quality = not merged["quality"].empty
     out["ModelThreatSentence"] = (
         f"The real-model masks come from one small model ({_model_name(merged)}) and one corpus, "
-        "with oracle and threshold policies rather than a trained predictor's; their churn is "
-        "counted, not yet timed in the benchmarks, and "
+        "with oracle and threshold policies rather than a trained predictor's; "
+        + ("their churn is timed in a greedy decode of this one model at batch 1 on a CPU "
+           "(the gate-threshold policy only: the oracle needs the dense FFN to pick its mask), "
+           "and " if not merged["decode"].empty else
+           "their churn is counted, not timed in a decode, and ")
         + ("their cost in quality is a perplexity on licence texts, not a downstream task."
            if measured_quality else "their cost in quality is not measured here."))
     heldout = run.get("heldout") or {}

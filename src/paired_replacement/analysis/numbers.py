@@ -151,6 +151,16 @@ macro                               meaning [source rows]
 \PerfIrSentence                     paired / rebuild instructions at \PerfFigureK and the other k
 \PerfThreatSentence                 what the counter source means (hw, or cachegrind on which build)
 \AutotuneWinnerSentence             the winners of every thread count autotune ran
+\TraceMicroSentence                 paired vs torch_delta on the real model's recorded masks per
+                                    trace, at tile 1 and the largest tile (layers side by side),
+                                    with intervals [micro_trace.csv; analysis/trace_micro.py]
+\ModelDecodeSentence                the real greedy decode: tokens/s per method at the first density
+                                    with intervals, the fastest sparse method's verdict, a paired
+                                    step's split, the window union's update share vs the 10% goal
+                                    [decode.csv; analysis/model.py]
+\ModelMemorySentence                peak RSS per probed method / dense, vs the 1.15x goal
+\ModelDecodePaySentence             per density, the fastest sparse method vs dense (no gain when
+                                    its interval reaches 1)
 =================================== ===============================================================
 
 "e2e selection": a host's sweep rows (else its e2e rows) at its most measured (N, hidden, gate,
@@ -1305,6 +1315,9 @@ def numbers(merged: data.Merged) -> str:
     from .model import model_numbers
 
     model_numbers(out, merged)
+    from .trace_micro import trace_numbers
+
+    trace_numbers(out, merged)
     return out.render()
 
 

@@ -187,10 +187,18 @@ def model_quality(merged: data.Merged) -> str:
     return model_quality_table(merged)
 
 
+def model_decode(merged: data.Merged) -> str:
+    """The real model's greedy decode per method and density (see :mod:`.model`)."""
+    from .model import model_decode_table
+
+    return model_decode_table(merged)
+
+
 TABLES: dict[str, Callable[[data.Merged], str]] = {
     "micro_summary": micro_summary,
     "e2e_summary": e2e_summary,
     "hosts": hosts,
     "model_churn": model_churn,
     "model_quality": model_quality,
+    "model_decode": model_decode,
 }

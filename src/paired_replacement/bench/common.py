@@ -118,6 +118,22 @@ def validate_frame(frame, name: str, source: str = "<table>") -> None:
                 fail(col["name"], present.index[wrong], "not true/false")
 
 
+def fill_absent_columns(frame, name: str):
+    """``frame`` with the columns a file written before them lacks: a schema column with a
+    ``default_when_absent`` (text) that ``frame`` does not have is added with that value, in
+    schema order, so older results (a host folder copied in, a merged folder redrawn) still
+    validate. Any other difference is left for :func:`validate_frame` to refuse."""
+    missing = [c for c in load_schema(name)
+               if "default_when_absent" in c and c["name"] not in frame.columns]
+    if not missing:
+        return frame
+    frame = frame.copy()
+    for col in missing:
+        frame[col["name"]] = col["default_when_absent"]
+    known = [c for c in column_names(name) if c in frame.columns]
+    return frame[known + [c for c in frame.columns if c not in known]]
+
+
 def _ratio_bases(name: str) -> list[str]:
     names = column_names(name)
     return [c[len("speedup_vs_"):] for c in names
@@ -201,6 +217,7 @@ def read_results_csv(path: str | Path, name: str):
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise SchemaError(f"{path}: unreadable as CSV ({exc})") from exc
+    frame = fill_absent_columns(frame, name)
     validate_frame(frame, name, str(path))
     check_ratios(frame, name, str(path))
     return frame

