@@ -6,7 +6,8 @@
   with the x86 SIMD paths and once with the portable paths (-DPAIRED_REPLACEMENT_NO_SIMD).
 * ``test_header_compiles_standalone`` compiles ``csrc/paired_replacement/weight_cache.hpp`` on its
   own, with strict warnings and nothing but ``csrc`` on the include path (no torch), to prove it
-  stands alone; likewise ``csrc/paired_replacement/row_ffn.hpp`` (the no-packing sparse FFN).
+  stands alone; likewise ``csrc/paired_replacement/row_ffn.hpp`` (the no-packing sparse FFN) and
+  ``csrc/paired_replacement/file_pool.hpp`` (the file tier's reader, POSIX only).
 
 Both need ``g++`` on PATH and are skipped otherwise.
 """
@@ -23,6 +24,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEADER = "paired_replacement/weight_cache.hpp"
 ROW_FFN_HEADER = "paired_replacement/row_ffn.hpp"
+FILE_POOL_HEADER = "paired_replacement/file_pool.hpp"
 SELFTEST = "csrc/tests/core_selftest.cpp"
 
 GXX = shutil.which("g++")
@@ -87,6 +89,15 @@ _TUS = {
         "template void pr::WeightCache::update_from_indices<pr::SerialFor>(\n"
         "    const std::int64_t*, std::int64_t, const std::int64_t*, std::int64_t,\n"
         "    const pr::SerialFor&);\n"
+    ),
+    # the file tier: the pool file reader (POSIX) on its own, and a cache on it
+    "file_pool": (
+        f'#include "{FILE_POOL_HEADER}"\n'
+        "namespace pr = paired_replacement;\n"
+        "pr::WeightCache open_file_cache(const char* path, const std::uint8_t* mask) {\n"
+        "  auto source = std::make_shared<pr::FileRowSource>(path, 4);\n"
+        "  return pr::WeightCache(source, mask, 1, pr::Settings{});\n"
+        "}\n"
     ),
     "row_ffn_include_only": f'#include "{ROW_FFN_HEADER}"\n',
     # float rows (read in place) and 16-bit rows (the ToFloat conversion path; a bfloat16 bit

@@ -13,6 +13,7 @@
 #include <string>
 #include <tuple>
 
+#include "paired_replacement/file_pool.hpp"
 #include "paired_replacement/row_ffn.hpp"
 #include "paired_replacement/weight_cache.hpp"
 
@@ -91,7 +92,8 @@ struct AtenParallelFor {
   }
 };
 
-// Calls f(), turning the core's std:: exceptions into the matching Python exception types.
+// Calls f(), turning the core's std:: exceptions into the matching Python exception types
+// (std::runtime_error, e.g. a pool file that cannot be read, becomes RuntimeError).
 template <class F>
 decltype(auto) translate_errors(F&& f) {
   try {
@@ -100,6 +102,31 @@ decltype(auto) translate_errors(F&& f) {
     TORCH_CHECK_INDEX(false, e.what());
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, e.what());
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+// An update of a cache on a RowSource that failed to read a row: the core has reset the cache
+// to no active row (see core::WeightCache::update_from_mask); say so.
+template <class F>
+void run_update(F&& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, e.what(), "; the cache was reset to no active row (update it again to "
+                "reload the rows it needs)");
+  }
+}
+
+at::ScalarType dtype_of_pool_file(std::uint32_t code, const std::string& path) {
+  switch (code) {
+    case 1: return at::kFloat;
+    case 2: return at::kHalf;
+    case 3: return at::kBFloat16;
+    default:
+      TORCH_CHECK_VALUE(false, "pool file ", path, ": dtype code ", code,
+                        " is not float32 (1), float16 (2) or bfloat16 (3)");
   }
 }
 
@@ -163,27 +190,65 @@ class WeightCache : public torch::CustomClassHolder {
               std::optional<double> hybrid_tau_frac)
       : cache_(make_core(mask, hidden_size, gate_weight, up_weight, down_weight, has_gate,
                          core::SettingOverrides{grain, par_threshold, hybrid_tau_frac}, dtype_)) {
-    const int64_t n = cache_.rows();
-    concat_block_ = view_of(cache_.packed_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
-    down_block_ = view_of(cache_.packed_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
-    pool_concat_ = view_of(cache_.pool_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
-    pool_down_ = view_of(cache_.pool_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
+    make_views();
+  }
+
+  // A cache whose pool is a pool file (file_pool.hpp), read with direct I/O by `queue_depth`
+  // threads: only the packed rows live in memory. The shape and dtype are the file's.
+  WeightCache(core::WeightCache&& cache, at::ScalarType dtype, std::string pool_path)
+      : dtype_(dtype), cache_(std::move(cache)), pool_path_(std::move(pool_path)) {
+    make_views();
+  }
+
+  static c10::intrusive_ptr<WeightCache> from_pool_file(
+      const std::string& path, const at::Tensor& mask, int64_t queue_depth,
+      std::optional<int64_t> grain, std::optional<int64_t> par_threshold,
+      std::optional<double> hybrid_tau_frac) {
+    TORCH_CHECK_VALUE(queue_depth >= 1 && queue_depth <= 1024,
+                      "queue_depth must be in [1, 1024], got ", queue_depth);
+    auto source = translate_errors(
+        [&] { return std::make_shared<core::FileRowSource>(path, static_cast<int>(queue_depth)); });
+    const at::ScalarType dtype = dtype_of_pool_file(source->info().dtype_code, path);
+    TORCH_CHECK_VALUE(c10::elementSize(dtype) == source->shape().elem_size, "pool file ", path,
+                      ": element size ", source->shape().elem_size, " does not match its dtype");
+    check_mask(mask, source->shape().rows, "mask");
+    auto cache = translate_errors([&] {
+      const core::Settings settings =
+          core::Settings::from_environment(core::SettingOverrides{grain, par_threshold, hybrid_tau_frac});
+      return core::WeightCache(source, reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
+                               mask.stride(0), settings);
+    });
+    return c10::make_intrusive<WeightCache>(std::move(cache), dtype, path);
+  }
+
+  // ("dram", "", false, 0, 0) for the in-memory pool; ("file", path, direct I/O, queue depth,
+  // bytes read since construction) for a pool file.
+  std::tuple<std::string, std::string, bool, int64_t, int64_t> tier_info() const {
+    UseGuard guard(users_, UseGuard::kRead, "tier_info");
+    const auto* file = dynamic_cast<const core::FileRowSource*>(cache_.row_source().get());
+    if (file == nullptr) return {"dram", "", false, 0, 0};
+    return {"file", file->path(), file->direct_io(), file->queue_depth(),
+            static_cast<int64_t>(file->bytes_read())};
   }
 
   void update_active_weights(const at::Tensor& mask) {
     UseGuard guard(users_, UseGuard::kWrite, "update_active_weights");
     check_mask(mask, cache_.rows(), "mask");
-    cache_.update_from_mask(reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
-                            mask.stride(0), AtenParallelFor{});
+    run_update([&] {
+      cache_.update_from_mask(reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
+                              mask.stride(0), AtenParallelFor{});
+    });
   }
 
   void update_from_indices(const at::Tensor& added, const at::Tensor& removed) {
     UseGuard guard(users_, UseGuard::kWrite, "update_from_indices");
     check_index_list(added, "added");
     check_index_list(removed, "removed");
-    translate_errors([&] {
-      cache_.update_from_indices(added.data_ptr<int64_t>(), added.numel(),
-                                 removed.data_ptr<int64_t>(), removed.numel(), AtenParallelFor{});
+    run_update([&] {
+      translate_errors([&] {
+        cache_.update_from_indices(added.data_ptr<int64_t>(), added.numel(),
+                                   removed.data_ptr<int64_t>(), removed.numel(), AtenParallelFor{});
+      });
     });
   }
 
@@ -239,16 +304,17 @@ class WeightCache : public torch::CustomClassHolder {
     return {s.added, s.removed, s.rows_written, core::to_string(s.path), s.m_before, s.m_after};
   }
 
-  // (mask_words_scanned, copy_tasks) of the last update: work counts, see core::UpdateWork.
-  std::tuple<int64_t, int64_t> last_update_work() const {
+  // (mask_words_scanned, copy_tasks, slow_bytes_read) of the last update: work counts, see
+  // core::UpdateWork.
+  std::tuple<int64_t, int64_t, int64_t> last_update_work() const {
     UseGuard guard(users_, UseGuard::kRead, "last_update_work");
     const auto& w = cache_.last_update_work();
-    return {w.mask_words_scanned, w.copy_tasks};
+    return {w.mask_words_scanned, w.copy_tasks, w.slow_bytes_read};
   }
 
   // Full pools [N, G+U] and [N, hidden] (down^T): what the cache gathers from. Read-only by contract.
-  at::Tensor pool_concat_weight() const { return pool_concat_.alias(); }
-  at::Tensor pool_down_weight_t() const { return pool_down_.alias(); }
+  at::Tensor pool_concat_weight() const { return pool_view(pool_concat_, "pool_concat_weight"); }
+  at::Tensor pool_down_weight_t() const { return pool_view(pool_down_, "pool_down_weight_t"); }
 
   int64_t grain() const { return settings("grain").grain; }
   int64_t par_threshold() const { return settings("par_threshold").par_threshold; }
@@ -268,10 +334,29 @@ class WeightCache : public torch::CustomClassHolder {
     } catch (const std::logic_error& e) {
       TORCH_CHECK(false, e.what(), " (a write into a view returned by get_concat_weight / "
                   "get_active_down_weight / the pool getters leaves exactly this trace)");
+    } catch (const std::runtime_error& e) {
+      TORCH_CHECK(false, e.what());  // a pool file that cannot be read back
     }
   }
 
  private:
+  void make_views() {
+    const int64_t n = cache_.rows();
+    concat_block_ = view_of(cache_.packed_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
+    down_block_ = view_of(cache_.packed_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
+    if (cache_.pool_concat()) {  // a cache on a pool file has no pool in memory
+      pool_concat_ = view_of(cache_.pool_concat(), n, cache_.concat_cols(), cache_.concat_ld_bytes(), dtype_);
+      pool_down_ = view_of(cache_.pool_down(), n, cache_.shape().hidden, cache_.down_ld_bytes(), dtype_);
+    }
+  }
+
+  at::Tensor pool_view(const at::Tensor& pool, const char* method) const {
+    TORCH_CHECK(pool.defined(), "WeightCache.", method, ": this cache's pool is the pool file ",
+                pool_path_, " (on disk, not in memory); read its rows with "
+                "paired_replacement.pool_file.read_pool_file");
+    return pool.alias();
+  }
+
   static core::WeightCache make_core(const at::Tensor& mask, int64_t hidden_size,
                                      const at::Tensor& gate, const at::Tensor& up,
                                      const at::Tensor& down, bool has_gate,
@@ -344,6 +429,7 @@ class WeightCache : public torch::CustomClassHolder {
 
   at::ScalarType dtype_ = at::kFloat;  // set by make_core before cache_ is built
   core::WeightCache cache_;
+  std::string pool_path_;  // the pool file, or empty: the pool is in memory
   at::Tensor concat_block_, down_block_, pool_concat_, pool_down_;  // full-capacity views
   mutable std::atomic<int64_t> users_{0};  // see UseGuard
 };
@@ -545,7 +631,9 @@ TORCH_LIBRARY(paired, m) {
       .def("set_grain", &WeightCache::set_grain)
       .def("set_par_threshold", &WeightCache::set_par_threshold)
       .def("set_hybrid_tau_frac", &WeightCache::set_hybrid_tau_frac)
-      .def("check_invariants", &WeightCache::check_invariants);
+      .def("check_invariants", &WeightCache::check_invariants)
+      .def("tier_info", &WeightCache::tier_info)
+      .def_static("from_pool_file", &WeightCache::from_pool_file);
   m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows, "
         "bool streaming=False, bool parallel=False) -> ()");
   m.impl("copy_rows", c10::DispatchKey::CPU, TORCH_FN(copy_rows));

@@ -31,10 +31,16 @@
 //       the update paths use only scratch arrays sized N at construction.
 //   I7  a call that throws leaves the cache exactly as it was (strong guarantee): all validation
 //       happens before the first write, and nothing after it can throw (the update paths are
-//       noexcept; an executor that throws is recovered from by copying serially).
+//       noexcept; an executor that throws is recovered from by copying serially). The one
+//       exception is a RowSource (a pool in a slower tier) that cannot read a row: the update
+//       then resets the cache to no active row and rethrows (see update_from_mask).
 //   I4 is also what catches a caller who wrote into a packed view: the cache never reads the
 //   packed block, so such a write persists until the slot is rewritten, and check_invariants()
 //   reports the slot.
+//
+// The pool rows are the cache's own copy in memory, or come from a RowSource (a slower tier such
+// as a file read with direct I/O, file_pool.hpp): the bookkeeping is the same, only the row
+// copies go through the source, which is given exactly the (slot, row) pairs to fill.
 //
 // W is the write count of the paired path. When an update would write more than tau * m' rows
 // (the hybrid rule, tau = hybrid_tau_frac), the cache instead rebuilds the whole prefix: it writes
@@ -147,6 +153,7 @@ struct UpdateStats {
 struct UpdateWork {
   std::int64_t mask_words_scanned = 0;
   std::int64_t copy_tasks = 0;
+  std::int64_t slow_bytes_read = 0;  // bytes a RowSource read from its tier (0: in-memory pool)
 };
 
 // Explicit per-cache values of the settings: an engaged field is taken as given and its
@@ -243,6 +250,28 @@ struct Shape {
           ", gate|up row " + std::to_string(concat_ld_bytes()) + " B, down row " +
           std::to_string(down_ld_bytes()) + " B, two copies of each)");
   }
+};
+
+// ---- Row sources ------------------------------------------------------------------------------
+// Where pool rows come from when they are not in the cache's own memory: a slower tier (a file
+// read with direct I/O: file_pool.hpp). The cache keeps all its bookkeeping and asks the source
+// only to fill packed slots; a cache built on a source holds no pool in memory (its resident
+// memory is the packed rows it has used plus O(N) bookkeeping).
+class RowSource {
+ public:
+  virtual ~RowSource() = default;
+  // The shape of the rows; must not change over the source's life.
+  virtual const Shape& shape() const noexcept = 0;
+  // For i in [0, n): pool row rows[i] into packed slot slots[i] of both buffers -- its gate|up
+  // data ((G + U) * elem_size bytes) at packed_concat + slots[i] * concat_ld and its down^T row
+  // (H * elem_size bytes) at packed_down + slots[i] * down_ld; padding bytes are not written.
+  // The slots are distinct. May use threads of its own; returns when every write has ended.
+  // Throws std::runtime_error (naming the row) when a row cannot be read.
+  virtual void fetch(std::int64_t n, const std::int32_t* slots, const std::int32_t* rows,
+                     std::byte* packed_concat, std::size_t concat_ld, std::byte* packed_down,
+                     std::size_t down_ld) = 0;
+  // Bytes read from the tier since construction (whole records, so it may exceed the data).
+  virtual std::uint64_t bytes_read() const noexcept = 0;
 };
 
 namespace detail {
@@ -566,23 +595,27 @@ class WeightCache {
       default: detail::transpose_into<8>(down_bytes, shape_.hidden, shape_.rows, pool_down_.get(), down_ld_); break;
     }
 
-    const auto num_words = static_cast<std::size_t>((shape_.rows + 63) / 64);
-    mask_words_.assign(num_words, 0);
-    scratch_words_.assign(num_words, 0);
-    seen_words_.assign(num_words, 0);
-    slot_of_.assign(n, -1);
-    row_at_.assign(n, -1);
-    added_.assign(n, 0);
-    removed_.assign(n, 0);
-    holes_.assign(n, 0);
-    fillers_.assign(n, 0);
+    start(mask, mask_stride);
+  }
 
-    detail::pack_mask(mask, shape_.rows, mask_stride, mask_words_.data());
-    const std::int64_t m = count_active(mask_words_);
-    order_by_scan(m);
-    copy_all_active(m, detail::SerialFor{});
-    stats_ = UpdateStats{m, 0, m, 0, m, UpdatePath::kRebuild};
-    debug_check();
+  // A cache whose pool is `source` (a slower tier: file_pool.hpp's FileRowSource); the shape is
+  // the source's. Loads `mask` by a rebuild that reads its rows from the source. Throws
+  // std::invalid_argument on a null source, a bad shape or settings, std::bad_alloc, and the
+  // source's std::runtime_error when the initial rows cannot be read. Allocates.
+  WeightCache(std::shared_ptr<RowSource> source, const std::uint8_t* mask,
+              std::int64_t mask_stride, const Settings& settings)
+      : settings_(settings), source_(std::move(source)) {
+    if (!source_) throw std::invalid_argument("row source is null");
+    shape_ = source_->shape();
+    shape_.validate();
+    settings_.validate();
+    if (mask == nullptr) throw std::invalid_argument("mask data must not be null");
+    const auto n = static_cast<std::size_t>(shape_.rows);
+    concat_ld_ = shape_.concat_ld_bytes();
+    down_ld_ = shape_.down_ld_bytes();
+    packed_concat_ = detail::make_aligned_buffer(n * concat_ld_, /*lazy=*/true);
+    packed_down_ = detail::make_aligned_buffer(n * down_ld_, /*lazy=*/true);
+    start(mask, mask_stride);
   }
 
   WeightCache(const WeightCache&) = delete;
@@ -592,7 +625,11 @@ class WeightCache {
   WeightCache& operator=(WeightCache&&) = default;
 
   // Makes the active set equal `mask` (N bytes at stride `mask_stride`, nonzero = active).
-  // O(N/64) to diff the mask words plus O(A + R) bookkeeping plus the row copies. Never throws.
+  // O(N/64) to diff the mask words plus O(A + R) bookkeeping plus the row copies. Never throws
+  // with the in-memory pool. With a RowSource, a row that cannot be read throws the source's
+  // std::runtime_error after the cache was reset to no active row (m = 0, a valid state that any
+  // later update leaves): rows already overwritten cannot be restored without the I/O that just
+  // failed, so this is the one exception to I7. Same for update_from_indices.
   //
   // ParallelFor contract (both updates): parallel_for(0, n, grain, body) calls body(b, e) on
   // disjoint ranges covering [0, n), possibly on several threads, and returns (or throws) only
@@ -601,7 +638,7 @@ class WeightCache {
   // because every copy reads a pool row and writes a distinct slot (idempotent).
   template <class ParallelFor = SerialFor>
   void update_from_mask(const std::uint8_t* mask, std::int64_t mask_stride,
-                        const ParallelFor& parallel_for = ParallelFor{}) noexcept {
+                        const ParallelFor& parallel_for = ParallelFor{}) {
     detail::pack_mask(mask, shape_.rows, mask_stride, scratch_words_.data());
     std::int64_t num_added = 0, num_removed = 0;
     for (std::size_t w = 0; w < mask_words_.size(); ++w) {
@@ -616,8 +653,8 @@ class WeightCache {
       });
     }
     mask_words_.swap(scratch_words_);
-    work_ = UpdateWork{static_cast<std::int64_t>(mask_words_.size()), 0};
-    apply(num_added, num_removed, parallel_for);
+    work_ = UpdateWork{static_cast<std::int64_t>(mask_words_.size()), 0, 0};
+    apply_or_reset(num_added, num_removed, parallel_for);
   }
 
   // Activates rows added[0, num_added) and deactivates removed[0, num_removed), in that order of
@@ -642,7 +679,7 @@ class WeightCache {
       clear_bit(mask_words_, removed[i]);
     }
     work_ = UpdateWork{};
-    apply(num_added, num_removed, parallel_for);
+    apply_or_reset(num_added, num_removed, parallel_for);
   }
 
   // ---- Observers (O(1) unless stated) ----
@@ -654,6 +691,7 @@ class WeightCache {
   std::size_t concat_ld_bytes() const noexcept { return concat_ld_; }
   std::size_t down_ld_bytes() const noexcept { return down_ld_; }
   // Packed buffers (capacity N rows; slots [0, m) are live) and pools ([N] rows), with owners.
+  // The pools are null when the rows come from a RowSource.
   const std::shared_ptr<std::byte>& packed_concat() const noexcept { return packed_concat_; }
   const std::shared_ptr<std::byte>& packed_down() const noexcept { return packed_down_; }
   const std::shared_ptr<std::byte>& pool_concat() const noexcept { return pool_concat_; }
@@ -665,6 +703,8 @@ class WeightCache {
   bool is_active(std::int64_t r) const noexcept { return test_bit(mask_words_, r); }
   const UpdateStats& last_update_stats() const noexcept { return stats_; }
   const UpdateWork& last_update_work() const noexcept { return work_; }
+  // The source of the pool rows, or null when the pool is in the cache's own memory.
+  const std::shared_ptr<RowSource>& row_source() const noexcept { return source_; }
   const Settings& settings() const noexcept { return settings_; }
   // Replaces the settings. Throws std::invalid_argument (cache unchanged) when invalid.
   void set_settings(const Settings& s) {
@@ -678,19 +718,28 @@ class WeightCache {
       throw std::logic_error("paired_replacement invariant violated: " + what);
     };
     if (m_ < 0 || m_ > shape_.rows || m_ != count_active(mask_words_)) fail("I1 (m == popcount)");
+    // With a RowSource the pool row is read back into a zeroed one-row buffer (so the padding
+    // compares against zero, as I5 wants).
+    std::vector<std::byte> row_c(source_ ? concat_ld_ : 0), row_d(source_ ? down_ld_ : 0);
     for (std::int64_t s = 0; s < m_; ++s) {
       const std::int32_t r = row_at_[static_cast<std::size_t>(s)];
       if (r < 0 || r >= shape_.rows || !is_active(r) || slot_of_[static_cast<std::size_t>(r)] != s)
         fail("I2 (row_at/slot_of disagree at slot " + std::to_string(s) + ")");
-      if (std::memcmp(packed_concat_.get() + s * concat_ld_, pool_concat_.get() + r * concat_ld_, concat_ld_) != 0 ||
-          std::memcmp(packed_down_.get() + s * down_ld_, pool_down_.get() + r * down_ld_, down_ld_) != 0)
+      const std::byte* pool_c = pool_concat_ ? pool_concat_.get() + r * concat_ld_ : row_c.data();
+      const std::byte* pool_d = pool_down_ ? pool_down_.get() + r * down_ld_ : row_d.data();
+      if (source_) {
+        const std::int32_t zero = 0;
+        source_->fetch(1, &zero, &r, row_c.data(), concat_ld_, row_d.data(), down_ld_);
+      }
+      if (std::memcmp(packed_concat_.get() + s * concat_ld_, pool_c, concat_ld_) != 0 ||
+          std::memcmp(packed_down_.get() + s * down_ld_, pool_d, down_ld_) != 0)
         fail("I4 (packed slot " + std::to_string(s) + " differs from pool row " + std::to_string(r) + ")");
     }
     for (std::int64_t r = 0; r < shape_.rows; ++r)
       if ((slot_of_[static_cast<std::size_t>(r)] < 0) == is_active(r))
         fail("I3 (slot_of[" + std::to_string(r) + "] disagrees with the mask)");
     for (const auto* p : {packed_concat_.get(), packed_down_.get(), pool_concat_.get(), pool_down_.get()})
-      if (reinterpret_cast<std::uintptr_t>(p) % kAlignBytes != 0) fail("I5 (alignment)");
+      if (reinterpret_cast<std::uintptr_t>(p) % kAlignBytes != 0) fail("I5 (alignment)");  // null: 0
   }
 
  private:
@@ -747,11 +796,50 @@ class WeightCache {
     throw std::invalid_argument(error);
   }
 
+  // The bookkeeping of a new cache (scratch arrays sized N: nothing allocates after this) and the
+  // initial load of `mask` by a rebuild. Shared by both constructors.
+  void start(const std::uint8_t* mask, std::int64_t mask_stride) {
+    const auto n = static_cast<std::size_t>(shape_.rows);
+    const auto num_words = static_cast<std::size_t>((shape_.rows + 63) / 64);
+    mask_words_.assign(num_words, 0);
+    scratch_words_.assign(num_words, 0);
+    seen_words_.assign(num_words, 0);
+    slot_of_.assign(n, -1);
+    row_at_.assign(n, -1);
+    added_.assign(n, 0);
+    removed_.assign(n, 0);
+    holes_.assign(n, 0);
+    fillers_.assign(n, 0);
+
+    detail::pack_mask(mask, shape_.rows, mask_stride, mask_words_.data());
+    const std::int64_t m = count_active(mask_words_);
+    order_by_scan(m);
+    copy_all_active(m, detail::SerialFor{});
+    stats_ = UpdateStats{m, 0, m, 0, m, UpdatePath::kRebuild};
+    debug_check();
+  }
+
+  // apply(); when a RowSource throws (only a source can), the cache is reset to no active row
+  // before the error goes on (see update_from_mask).
+  template <class ParallelFor>
+  void apply_or_reset(std::int64_t num_added, std::int64_t num_removed,
+                      const ParallelFor& parallel_for) {
+    try {
+      apply(num_added, num_removed, parallel_for);
+    } catch (...) {
+      std::fill(mask_words_.begin(), mask_words_.end(), std::uint64_t{0});
+      std::fill(slot_of_.begin(), slot_of_.end(), std::int32_t{-1});
+      stats_ = UpdateStats{num_added, num_removed, 0, m_, 0, UpdatePath::kRebuild};
+      m_ = 0;
+      throw;
+    }
+  }
+
   // Common tail of both updates. Preconditions: mask_words_ holds the new mask; added_[0, A) are
   // the newly active rows, removed_[0, R) the newly inactive ones; slot bookkeeping is still old.
   template <class ParallelFor>
   void apply(std::int64_t num_added, std::int64_t num_removed,
-             const ParallelFor& parallel_for) noexcept {
+             const ParallelFor& parallel_for) {  // throws only what a RowSource throws
     const std::int64_t m_old = m_;
     const std::int64_t m_new = m_old - num_removed + num_added;
     PAIRED_REPLACEMENT_ASSERT(m_new >= 0 && m_new <= shape_.rows);
@@ -793,10 +881,14 @@ class WeightCache {
       row_at_[static_cast<std::size_t>(holes_[i])] = fillers_[i];
       slot_of_[static_cast<std::size_t>(fillers_[i])] = holes_[i];
     }
-    const std::int32_t* holes = holes_.data();
-    const std::int32_t* fillers = fillers_.data();
-    copy_rows(num_holes, [=](std::int64_t i) { return holes[i]; },
-              [=](std::int64_t i) { return fillers[i]; }, parallel_for);
+    if (source_) {
+      fetch_rows(num_holes, holes_.data(), fillers_.data());
+    } else {
+      const std::int32_t* holes = holes_.data();
+      const std::int32_t* fillers = fillers_.data();
+      copy_rows(num_holes, [=](std::int64_t i) { return holes[i]; },
+                [=](std::int64_t i) { return fillers[i]; }, parallel_for);
+    }
     m_ = m_new;
     stats_ = UpdateStats{num_added, num_removed, num_holes, m_old, m_new, UpdatePath::kPaired};
     debug_check();
@@ -837,11 +929,31 @@ class WeightCache {
 
   // Copies pool row row_at_[s] into slot s for every s < m_new (the copy half of a rebuild).
   template <class ParallelFor>
-  void copy_all_active(std::int64_t m_new, const ParallelFor& parallel_for) noexcept {
-    const std::int32_t* rows = row_at_.data();
-    copy_rows(m_new, [](std::int64_t i) { return i; }, [=](std::int64_t i) { return rows[i]; },
-              parallel_for);
+  void copy_all_active(std::int64_t m_new, const ParallelFor& parallel_for) {
+    if (source_) {  // slot i <- row_at_[i]: holes_ is free scratch during a rebuild
+      for (std::int64_t i = 0; i < m_new; ++i) holes_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+      fetch_rows(m_new, holes_.data(), row_at_.data());
+    } else {
+      const std::int32_t* rows = row_at_.data();
+      copy_rows(m_new, [](std::int64_t i) { return i; }, [=](std::int64_t i) { return rows[i]; },
+                parallel_for);
+    }
     m_ = m_new;
+  }
+
+  // The RowSource path of the row copies: the source fills the slots (its own threads) and the
+  // bytes it read are counted in work_.slow_bytes_read (also when it throws).
+  void fetch_rows(std::int64_t n, const std::int32_t* slots, const std::int32_t* rows) {
+    if (n <= 0) return;
+    const std::uint64_t before = source_->bytes_read();
+    struct Count {
+      RowSource* source;
+      std::uint64_t before;
+      UpdateWork* work;
+      ~Count() { work->slow_bytes_read += static_cast<std::int64_t>(source->bytes_read() - before); }
+    } count{source_.get(), before, &work_};
+    work_.copy_tasks += 1;
+    source_->fetch(n, slots, rows, packed_concat_.get(), concat_ld_, packed_down_.get(), down_ld_);
   }
 
   // For i in [0, n): packed slot dst_slot(i) <- pool row src_row(i), both buffers; in parallel
@@ -890,6 +1002,7 @@ class WeightCache {
   Settings settings_;
   std::size_t concat_ld_ = 0, down_ld_ = 0;  // row strides in bytes
   std::shared_ptr<std::byte> pool_concat_, pool_down_, packed_concat_, packed_down_;
+  std::shared_ptr<RowSource> source_;  // null: the pools above hold the rows
   std::vector<std::uint64_t> mask_words_;     // current mask, bit r = row r active
   std::vector<std::uint64_t> scratch_words_;  // next mask, during a mask update
   std::vector<std::uint64_t> seen_words_;     // all-zero between calls; "seen" set of validate_ids

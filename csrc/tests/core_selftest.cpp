@@ -407,6 +407,10 @@ void check_alignment(const pr::WeightCache& c) {
   const std::shared_ptr<std::byte>* bufs[] = {&c.packed_concat(), &c.packed_down(), &c.pool_concat(),
                                               &c.pool_down()};
   for (const auto* b : bufs) {
+    if (c.row_source() && (b == &c.pool_concat() || b == &c.pool_down())) {
+      CHECK(b->get() == nullptr, "a cache on a RowSource holds a pool in memory");
+      continue;
+    }
     CHECK(b->get() != nullptr, "buffer is null");
     CHECK(reinterpret_cast<std::uintptr_t>(b->get()) % 64 == 0,
           "buffer " << static_cast<const void*>(b->get()) << " is not 64-byte aligned");
@@ -1477,8 +1481,6 @@ void section_move() {
 // =============================================================================================
 // G. Work counters at large N, and an executor that fails
 // =============================================================================================
-static_assert(noexcept(std::declval<pr::WeightCache&>().update_from_mask(nullptr, 1, pr::SerialFor{})),
-              "update_from_mask must be noexcept (I7)");
 
 // Runs the first chunk, then throws, as an executor that cannot start its threads might.
 struct ThrowingFor {
@@ -1577,6 +1579,135 @@ void section_work_and_executor_failure() {
   }
 }
 
+// =============================================================================================
+// H. A RowSource (the seam of the slower tiers): same bookkeeping, rows through the source
+// =============================================================================================
+// The rows of a Problem served through the RowSource interface, counting the bytes it "reads"
+// (one record = the row's gate|up data plus its down data) and failing on request.
+struct VectorSource final : pr::RowSource {
+  pr::Shape shape_;
+  const Problem* problem = nullptr;
+  std::int64_t fail_after = -1;  // rows left to serve before a read fails (-1: never fails)
+  std::uint64_t bytes = 0;
+
+  const pr::Shape& shape() const noexcept override { return shape_; }
+  std::uint64_t bytes_read() const noexcept override { return bytes; }
+  void fetch(std::int64_t n, const std::int32_t* slots, const std::int32_t* rows, std::byte* pc,
+             std::size_t lc, std::byte* pd, std::size_t ld) override {
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (fail_after == 0) throw std::runtime_error("injected read failure at row " + std::to_string(rows[i]));
+      if (fail_after > 0) --fail_after;
+      const auto& ec = problem->exp_concat[static_cast<std::size_t>(rows[i])];
+      const auto& ed = problem->exp_down[static_cast<std::size_t>(rows[i])];
+      std::memcpy(pc + static_cast<std::size_t>(slots[i]) * lc, ec.data(), ec.size());
+      std::memcpy(pd + static_cast<std::size_t>(slots[i]) * ld, ed.data(), ed.size());
+      bytes += ec.size() + ed.size();
+    }
+  }
+};
+
+void section_row_source() {
+  Rng rng(0xF11E);
+  g_ctx = "H a cache on a RowSource equals the in-memory cache slot for slot, and counts its reads";
+  for (int seed = 0; seed < 40; ++seed) {
+    ++g_num_sequences;
+    const pr::Shape shape = random_shape(rng, seed % 4 == 0);
+    Problem P = make_problem(rng, shape, random_bits(rng, shape.rows, rand_real(rng, 0.0, 1.0)));
+    auto source = std::make_shared<VectorSource>();
+    source->shape_ = shape;
+    source->problem = &P;
+    pr::Settings s;
+    s.hybrid_tau_frac = seed % 3 == 0 ? 0.0 : (seed % 3 == 1 ? 0.5 : 1e9);
+    pr::WeightCache memory(shape, P.gate, P.up, P.down, P.init_mask.data(), P.init_stride, s);
+    pr::WeightCache tiered(source, P.init_mask.data(), P.init_stride, s);
+    const std::uint64_t record = P.exp_concat[0].size() + P.exp_down[0].size();
+    // (the work counter, not source->bytes: debug builds read every row again to check I4)
+    CHECK(tiered.last_update_work().slow_bytes_read == tiered.num_active() * static_cast<std::int64_t>(record),
+          "initial load read " << tiered.last_update_work().slow_bytes_read << " bytes for "
+                               << tiered.num_active() << " rows");
+    Model M(P.init_bits);
+    verify(tiered, M, P);
+    for (const Op& op : make_ops(rng, P.init_bits, 20, false)) {
+      ++g_num_updates;
+      const pr::UpdateStats expect = M.apply(op.added, op.removed, s.hybrid_tau_frac);
+      for (pr::WeightCache* c : {&memory, &tiered}) {
+        if (op.kind == Op::kMask)
+          c->update_from_mask(op.mask_buf.data(), op.stride);
+        else
+          c->update_from_indices(op.added.data(), static_cast<std::int64_t>(op.added.size()),
+                                 op.removed.data(), static_cast<std::int64_t>(op.removed.size()));
+        CHECK(stats_equal(c->last_update_stats(), expect), "stats " << stats_str(c->last_update_stats()));
+      }
+      CHECK(std::equal(memory.active_rows(), memory.active_rows() + memory.num_active(), tiered.active_rows()),
+            "slot order differs between the in-memory and the RowSource cache");
+      CHECK(tiered.last_update_work().slow_bytes_read == expect.rows_written * static_cast<std::int64_t>(record),
+            "slow_bytes_read " << tiered.last_update_work().slow_bytes_read << " for " << expect.rows_written << " rows");
+      CHECK(memory.last_update_work().slow_bytes_read == 0, "an in-memory cache read from a slow tier");
+      verify(tiered, M, P);
+    }
+  }
+
+  g_ctx = "H a RowSource that fails mid-update: the error goes on, the cache is empty and valid";
+  for (int seed = 0; seed < 30; ++seed) {
+    ++g_num_sequences;
+    const pr::Shape shape = random_shape(rng, false);
+    Problem P = make_problem(rng, shape, random_bits(rng, shape.rows, 0.5));
+    auto source = std::make_shared<VectorSource>();
+    source->shape_ = shape;
+    source->problem = &P;
+    pr::Settings s;
+    s.hybrid_tau_frac = seed % 2 == 0 ? 0.0 : 1e9;
+    pr::WeightCache tiered(source, P.init_mask.data(), P.init_stride, s);
+    Model M(P.init_bits);
+    for (const Op& op : make_ops(rng, P.init_bits, 6, false)) {
+      ++g_num_updates;
+      Model next = M;
+      const pr::UpdateStats expect = next.apply(op.added, op.removed, s.hybrid_tau_frac);
+      const auto run = [&] {
+        if (op.kind == Op::kMask)
+          tiered.update_from_mask(op.mask_buf.data(), op.stride);
+        else
+          tiered.update_from_indices(op.added.data(), static_cast<std::int64_t>(op.added.size()),
+                                     op.removed.data(), static_cast<std::int64_t>(op.removed.size()));
+      };
+      if (expect.rows_written == 0) {  // nothing to read: nothing can fail
+        run();
+        M = next;
+        continue;
+      }
+      source->fail_after = rand_int(rng, 0, expect.rows_written - 1);
+      bool threw = false;
+      try {
+        run();
+      } catch (const std::runtime_error& e) {
+        threw = std::string(e.what()).find("injected read failure") != std::string::npos;
+      }
+      source->fail_after = -1;
+      CHECK(threw, "the source's error did not reach the caller");
+      M = Model(std::vector<bool>(static_cast<std::size_t>(shape.rows), false));
+      verify(tiered, M, P);  // empty, every invariant holds
+      // and it recovers: loading the mask the failed update wanted reads every row again
+      std::vector<std::uint8_t> want(next.mask.begin(), next.mask.end());
+      tiered.update_from_mask(want.data(), 1);
+      M.apply(rows_where(next.mask, true), {}, s.hybrid_tau_frac);
+      verify(tiered, M, P);
+      break;
+    }
+  }
+
+  g_ctx = "H a null RowSource is refused";
+  {
+    std::uint8_t none = 0;
+    bool threw = false;
+    try {
+      pr::WeightCache bad(std::shared_ptr<pr::RowSource>{}, &none, 1, pr::Settings{});
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    CHECK(threw, "a null source was accepted");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -1589,6 +1720,7 @@ int main() {
     section_settings_shape_env();
     section_move();
     section_work_and_executor_failure();
+    section_row_source();
     g_ctx = "coverage of the randomized sections";
     const Coverage& c = g_cov;
     CHECK(c.noop > 0 && c.paired > 0 && c.rebuild > 0, "every update path must be reached");

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -121,6 +123,21 @@ class UpdateWork(NamedTuple):
 
     mask_words_scanned: int  # 64-bit words of the mask read (N/64 per mask diff or rebuild scan)
     copy_tasks: int  # parallel tasks that copied rows (1: the calling thread alone)
+    slow_bytes_read: int = 0  # bytes read from a slower tier (a pool file); 0 for the DRAM pool
+
+
+#: hybrid_tau_frac of a cache on a pool file unless given: never rebuild (see from_pool_file)
+FILE_TIER_TAU = 2.0
+
+
+class TierInfo(NamedTuple):
+    """Where a cache's pool lives (see :meth:`WeightCache.from_pool_file`)."""
+
+    tier: str  # "dram" (the cache's own pool in memory) or "file" (a pool file on disk)
+    path: str  # the pool file ("" for dram)
+    direct_io: bool  # the file is read with O_DIRECT (no page cache); False: buffered + dropped
+    queue_depth: int  # reads in flight at once (threads of the file reader)
+    bytes_read: int  # bytes read from the file since the cache was built
 
 
 class WeightCache:
@@ -174,10 +191,53 @@ class WeightCache:
             None if par_threshold is None else _as_int(par_threshold, "par_threshold"),
             None if hybrid_tau_frac is None else _as_float(hybrid_tau_frac, "hybrid_tau_frac"),
         )
-        self._rows = int(up_weight.shape[0])
+        self._bind(int(up_weight.shape[0]))
+
+    def _bind(self, rows: int) -> None:
+        self._rows = rows
         # Bound once: looking a method up on a ScriptObject costs about a microsecond per call.
         self._update_mask = self._cache.update_active_weights
         self._update_indices = self._cache.update_from_indices
+
+    @classmethod
+    def from_pool_file(
+        cls,
+        path: str | os.PathLike,
+        mask: MaskLike,
+        *,
+        queue_depth: int = 16,
+        grain: int | None = None,
+        par_threshold: int | None = None,
+        hybrid_tau_frac: float | None = None,
+    ) -> "WeightCache":
+        """A cache whose pool is a pool file (:mod:`paired_replacement.pool_file`): the full
+        weights stay on disk and each update reads exactly the rows it writes, with direct I/O
+        (``O_DIRECT``; where the file system refuses it, buffered reads whose pages are dropped
+        at once -- :attr:`tier_info` says which), ``queue_depth`` reads in flight. Only the packed
+        rows are in memory: :meth:`pool_concat_weight` / :meth:`pool_down_weight_t` raise.
+        ``last_update_work().slow_bytes_read`` counts the bytes each update read. A read error
+        raises RuntimeError and leaves the cache with no active row (update again to reload).
+
+        ``hybrid_tau_frac`` defaults to 2 here (never rebuild), not to the in-memory default: a
+        rebuild reads all m' active records again, the paired update only the W <= m' it writes,
+        so on a slow tier the rebuild never pays.
+        """
+        load_extension()
+        self = cls.__new__(cls)
+        self._cache = torch.classes.paired.WeightCache.from_pool_file(
+            os.fspath(path), _as_mask(mask), _as_int(queue_depth, "queue_depth"),
+            None if grain is None else _as_int(grain, "grain"),
+            None if par_threshold is None else _as_int(par_threshold, "par_threshold"),
+            FILE_TIER_TAU if hybrid_tau_frac is None else _as_float(hybrid_tau_frac,
+                                                                    "hybrid_tau_frac"),
+        )
+        self._bind(int(self._cache.position_map().shape[0]))
+        return self
+
+    @property
+    def tier_info(self) -> TierInfo:
+        """Where the pool lives: "dram" or a pool "file" (path, direct I/O, queue depth, bytes)."""
+        return TierInfo(*self._cache.tier_info())
 
     # ---- updates ----
     def update_active_weights(self, mask: MaskLike) -> None:
@@ -310,8 +370,10 @@ class WeightCache:
         return self._cache
 
     def __repr__(self) -> str:
-        pool = self.pool_concat_weight()
+        block, down = self._cache.get_concat_weight(), self._cache.get_active_down_weight()
+        tier = self.tier_info
+        where = "" if tier.tier == "dram" else f", pool file {tier.path!r}"
         return (
-            f"WeightCache(N={pool.shape[0]}, concat_cols={pool.shape[1]}, "
-            f"hidden={self.pool_down_weight_t().shape[1]}, dtype={pool.dtype}, m={self.num_active})"
+            f"WeightCache(N={self._rows}, concat_cols={block.shape[1]}, hidden={down.shape[0]}, "
+            f"dtype={block.dtype}, m={self.num_active}{where})"
         )

@@ -422,6 +422,21 @@ def decode_sentences(merged: data.Merged) -> dict[str, str]:
             "On the real model the ceiling is low: " + "; ".join(verdicts) + ". Every sparse "
             "method still computes the gate densely to choose its mask, and the FFN is only "
             "part of a step.")
+        paired, gather = by.get("paired"), by.get("gather")
+        if paired is not None and gather is not None and paired.active_fraction > 0:
+            share = paired.rows_written_per_layer / (paired.active_fraction * paired.N)
+            if paired.tokens_per_s < gather.tokens_per_s:
+                said["ModelDecodePaySentence"] += (
+                    f" Nor does the paired update beat a full re-pack here: at density "
+                    f"{pct(densities[0], 0)} it rewrites {pct(share, 0)} of the active rows per "
+                    f"token, and the gather runs at {gather.tokens_per_s:.1f} tokens/s against "
+                    f"paired's {paired.tokens_per_s:.1f}; with this much churn the differential "
+                    "update saves too few writes to repay its bookkeeping.")
+            else:
+                said["ModelDecodePaySentence"] += (
+                    f" The paired update ({paired.tokens_per_s:.1f} tokens/s) beats a full re-pack "
+                    f"({gather.tokens_per_s:.1f}) while rewriting {pct(share, 0)} of the active "
+                    "rows per token.")
     probed = rows.dropna(subset=["peak_rss_vs_dense"])
     probed = probed[probed["method"] != "dense"]
     if not probed.empty:

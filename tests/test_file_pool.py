@@ -1,0 +1,213 @@
+"""The file tier: pool files (one record per neuron on disk) and caches that read their rows from
+one with direct I/O. Every check compares with an in-memory cache built from the same weights or
+with the weights themselves, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from paired_replacement import WeightCache
+from paired_replacement.pool_file import (ALIGN, PoolFileError, main, read_header,
+                                          read_pool_file, write_pool_file)
+
+
+def _weights(n=96, h=40, dtype=torch.float32, gate=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, h, generator=gen).to(dtype) if gate else None
+    return g, torch.randn(n, h, generator=gen).to(dtype), torch.randn(h, n, generator=gen).to(dtype)
+
+
+def _masks(n, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    density = torch.rand(steps, generator=gen) * 0.9
+    return [torch.rand(n, generator=gen) < float(d) for d in density]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gate", [True, False])
+def test_pool_file_round_trip_is_bit_exact(tmp_path, dtype, gate):
+    g, u, d = _weights(dtype=dtype, gate=gate)
+    header = write_pool_file(tmp_path / "p.pool", g, u, d)
+    assert header.record_bytes % ALIGN == 0 and header.rows == 96
+    size = (tmp_path / "p.pool").stat().st_size
+    assert size == header.header_bytes + 96 * header.record_bytes
+    g2, u2, d2 = read_pool_file(tmp_path / "p.pool")
+    assert (g2 is None) == (not gate)
+    if gate:
+        assert torch.equal(g2.view(torch.uint8), g.view(torch.uint8))
+    assert torch.equal(u2.view(torch.uint8), u.view(torch.uint8))
+    assert torch.equal(d2.view(torch.uint8), d.view(torch.uint8))
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gate", [True, False])
+@pytest.mark.parametrize("tau", [2.0, 0.5, 0.0])
+def test_file_cache_equals_the_in_memory_cache(tmp_path, dtype, gate, tau):
+    """Same bookkeeping, rows from the file: after every update the packed rows, their order,
+    the stats equal the in-memory cache's, and the bytes read are exactly the records of the rows
+    written."""
+    g, u, d = _weights(n=200, h=48, dtype=dtype, gate=gate)
+    header = write_pool_file(tmp_path / "p.pool", g, u, d)
+    masks = _masks(200, 25)
+    memory = WeightCache(masks[0], 48, g, u, d, hybrid_tau_frac=tau)
+    tiered = WeightCache.from_pool_file(tmp_path / "p.pool", masks[0], hybrid_tau_frac=tau,
+                                        queue_depth=4)
+    info = tiered.tier_info
+    assert info.tier == "file" and info.path == str(tmp_path / "p.pool") and info.queue_depth == 4
+    assert info.bytes_read == int(masks[0].sum()) * header.record_bytes
+    assert memory.tier_info.tier == "dram"
+    for step, mask in enumerate(masks[1:]):
+        if step % 3 == 2:  # also the index path
+            added = (mask & ~tiered.mask).nonzero().squeeze(1)
+            removed = (~mask & tiered.mask).nonzero().squeeze(1)
+            memory.update_from_indices(added, removed)
+            tiered.update_from_indices(added, removed)
+        else:
+            memory.update_active_weights(mask)
+            tiered.update_active_weights(mask)
+        stats = tiered.last_update_stats()
+        assert stats == memory.last_update_stats()
+        assert torch.equal(tiered.active_indices(), memory.active_indices())
+        assert torch.equal(tiered.get_concat_weight().view(torch.uint8) if dtype == torch.float32
+                           else tiered.get_concat_weight().view(torch.int16),
+                           memory.get_concat_weight().view(torch.uint8) if dtype == torch.float32
+                           else memory.get_concat_weight().view(torch.int16))
+        assert torch.equal(tiered.get_active_down_weight().float(),
+                           memory.get_active_down_weight().float())
+        work = tiered.last_update_work()
+        assert work.slow_bytes_read == stats.rows_written * header.record_bytes
+        assert memory.last_update_work().slow_bytes_read == 0
+    tiered.check_invariants()
+    full = u if g is None else torch.cat([g, u], 1)
+    assert torch.equal(tiered.get_concat_weight().float(),
+                       full.index_select(0, tiered.active_indices()).float())
+
+
+def test_file_cache_has_no_pool_in_memory_and_never_rebuilds_by_default(tmp_path):
+    g, u, d = _weights()
+    write_pool_file(tmp_path / "p.pool", g, u, d)
+    cache = WeightCache.from_pool_file(tmp_path / "p.pool", torch.zeros(96, dtype=torch.bool))
+    assert cache.hybrid_tau_frac == 2.0  # a rebuild would re-read every active record
+    mask = torch.zeros(96, dtype=torch.bool)
+    mask[:90] = True
+    cache.update_active_weights(mask)
+    mask[:90] = False
+    mask[90:] = True
+    cache.update_active_weights(mask)
+    assert cache.last_update_stats().path == "paired"
+    for getter in (cache.pool_concat_weight, cache.pool_down_weight_t):
+        with pytest.raises(RuntimeError, match="pool file .*p.pool .*on disk"):
+            getter()
+    assert "pool file" in repr(cache)
+
+
+_RESIDENT = r"""
+import sys, torch
+from paired_replacement import WeightCache
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+n = 8192
+mask = torch.zeros(n, dtype=torch.bool)
+mask[:64] = True
+before = rss()
+cache = WeightCache.from_pool_file(sys.argv[1], mask)
+mask[:1024] = True
+cache.update_active_weights(mask)
+print(before, rss(), cache.tier_info.bytes_read)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_file_cache_memory_is_the_packed_rows_not_the_pool(tmp_path):
+    """A 96 MiB pool on disk, 1024 rows active: resident memory grows by about the 1024 packed
+    rows (12 MiB), never by the pool (checked in a fresh process: RSS is per process)."""
+    g, u, d = _weights(n=8192, h=1024)
+    header = write_pool_file(tmp_path / "big.pool", g, u, d)
+    del g, u, d
+    out = subprocess.run([sys.executable, "-c", _RESIDENT, str(tmp_path / "big.pool")],
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    before, after, read = map(int, out)
+    packed_kib = 1024 * 3 * 1024 * 4 // 1024
+    pool_kib = 8192 * 3 * 1024 * 4 // 1024
+    assert read == 1024 * header.record_bytes
+    assert after - before < packed_kib + pool_kib // 4, (before, after)
+
+
+def test_damaged_pool_files_are_named(tmp_path):
+    g, u, d = _weights()
+    path = tmp_path / "p.pool"
+    write_pool_file(path, g, u, d)
+    good = path.read_bytes()
+    mask = torch.zeros(96, dtype=torch.bool)
+    cases = {
+        "truncated": good[:-1],
+        "not a pool file": b"XXXXXXXX" + good[8:],
+        "damaged header": good[:20] + bytes([good[20] ^ 1]) + good[21:],
+        "shorter than a header": good[:50],
+    }
+    for what, data in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(PoolFileError, match=what):
+            read_header(path)
+        with pytest.raises(RuntimeError, match=f"pool file .*p.pool: {what}"):
+            WeightCache.from_pool_file(path, mask)
+    with pytest.raises(RuntimeError, match="cannot open"):
+        WeightCache.from_pool_file(tmp_path / "missing.pool", mask)
+    path.write_bytes(good)
+    with pytest.raises(ValueError, match="mask must have N = 96 entries"):
+        WeightCache.from_pool_file(path, torch.zeros(95, dtype=torch.bool))
+    with pytest.raises(ValueError, match="queue_depth must be in"):
+        WeightCache.from_pool_file(path, mask, queue_depth=0)
+    with pytest.raises(ValueError, match="down must be"):
+        write_pool_file(tmp_path / "bad.pool", g, u, d[:, :10])
+    assert not (tmp_path / "bad.pool").exists()
+
+
+def test_a_read_error_resets_the_cache_and_a_later_update_recovers(tmp_path):
+    """The file shrinks under an open cache: the update that needs a lost record raises naming
+    the file and the row, the cache is left with no active row (valid), and once the file is
+    whole again the same update succeeds."""
+    g, u, d = _weights()
+    path = tmp_path / "p.pool"
+    write_pool_file(path, g, u, d)
+    good = path.read_bytes()
+    first = torch.zeros(96, dtype=torch.bool)
+    first[:10] = True
+    cache = WeightCache.from_pool_file(path, first)
+    header = read_header(path)
+    os.truncate(path, header.header_bytes + 50 * header.record_bytes)  # rows >= 50 are gone
+    want = first.clone()
+    want[60] = True
+    with pytest.raises(RuntimeError, match=r"p.pool: reading row 60 failed .*reset to no active"):
+        cache.update_active_weights(want)
+    assert cache.num_active == 0 and not cache.mask.any()
+    cache.check_invariants()
+    path.write_bytes(good)
+    cache.update_active_weights(want)
+    assert torch.equal(cache.active_indices().sort().values, want.nonzero().squeeze(1))
+    cache.check_invariants()
+
+
+def test_cli_writes_and_describes_a_pool_file(tmp_path, capsys):
+    g, u, d = _weights(n=32, h=16)
+    torch.save({"gate": g, "up": u, "down": d}, tmp_path / "w.pt")
+    assert main(["write", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "a.pool")]) == 0
+    g2, u2, d2 = read_pool_file(tmp_path / "a.pool")
+    assert torch.equal(g2, g) and torch.equal(u2, u) and torch.equal(d2, d)
+    assert main(["write", "--random", "64", "24", "--no-gate", "--dtype", "float16", "--out",
+                 str(tmp_path / "r.pool")]) == 0
+    assert main(["info", str(tmp_path / "r.pool")]) == 0
+    assert "N=64 gate=0 up=24 hidden=24 dtype=float16" in capsys.readouterr().out
+    torch.save({"up": u}, tmp_path / "bad.pt")
+    assert main(["write", "--weights", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "b.pool")]) == 2
+    assert "must hold a dict with 'up' and 'down'" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing.pool")]) == 1
+    assert "missing" in capsys.readouterr().err
