@@ -406,6 +406,7 @@ def decode_sentences(merged: data.Merged) -> dict[str, str]:
                  "order.")
     said["ModelDecodeSentence"] = text
     verdicts = []
+    q = quality(merged)
     for density in densities:
         part = rows[rows["config_density"] == density]
         sparse = part[part["method"] != "dense"].sort_values("tokens_per_s", ascending=False)
@@ -413,10 +414,15 @@ def decode_sentences(merged: data.Merged) -> dict[str, str]:
             continue
         best = sparse.iloc[0]
         wins = best.speedup_vs_dense_ci95_low > 1
+        # the price of that speed: the perplexity of the masks it computes on (W = 1)
+        same = q[(q["policy"] == "gate_threshold") & (q["window"] == 1)
+                 & np.isclose(q["density"], density)] if not q.empty else q
+        price = (f" at a perplexity {fmt_fixed(same.iloc[0].vs_dense, 2)}$\\times$ the dense "
+                 "model's" if not same.empty else "")
         verdicts.append(f"at density {pct(density, 0)} the fastest sparse method "
                         f"({DECODE_TEXT.get(best.method, escape(best.method))}) is "
                         f"{fmt_fixed(best.speedup_vs_dense, 2)}$\\times$ dense"
-                        + ("" if wins else " (its interval reaches 1: no gain)"))
+                        + ("" if wins else " (its interval reaches 1: no gain)") + price)
     if verdicts:
         said["ModelDecodePaySentence"] = (
             "On the real model the ceiling is low: " + "; ".join(verdicts) + ". Every sparse "
