@@ -7,8 +7,6 @@ random masks (no model needed); the reference is the masks array itself. No timi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ import torch
 from paired_replacement.analysis.__main__ import main as analysis_main
 from paired_replacement.bench import common, masks, micro
 from paired_replacement.model import traces
+
+from test_bench_micro import bench  # tests/ is on sys.path
 
 LAYERS, TOKENS, NEURONS, HIDDEN = 3, 12, 100, 16  # N not a multiple of 8: the packing's tail
 
@@ -117,14 +117,6 @@ def test_bad_input_names_the_argument(folder, tmp_path):
     npy.write_bytes(npy.read_bytes()[:-3])
     with pytest.raises(ValueError, match="damaged or truncated"):
         masks.replay_trace(oracle)
-
-
-def bench(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "paired_replacement.bench", *args],
-                          capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.parametrize("args,needle", [
