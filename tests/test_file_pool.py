@@ -194,6 +194,12 @@ def test_a_read_error_resets_the_cache_and_a_later_update_recovers(tmp_path):
     cache.update_active_weights(want)
     assert torch.equal(cache.active_indices().sort().values, want.nonzero().squeeze(1))
     cache.check_invariants()
+    # the index path says the same
+    os.truncate(path, header.header_bytes + 50 * header.record_bytes)
+    with pytest.raises(RuntimeError, match=r"reading row 70 failed .*reset to no active"):
+        cache.update_from_indices(torch.tensor([70]), torch.tensor([], dtype=torch.long))
+    assert cache.num_active == 0
+    cache.check_invariants()
 
 
 def test_cli_writes_and_describes_a_pool_file(tmp_path, capsys):

@@ -244,8 +244,10 @@ class WeightCache : public torch::CustomClassHolder {
     UseGuard guard(users_, UseGuard::kWrite, "update_from_indices");
     check_index_list(added, "added");
     check_index_list(removed, "removed");
-    run_update([&] {
-      translate_errors([&] {
+    // run_update innermost: translate_errors would otherwise turn a read error into a plain
+    // RuntimeError before run_update could add that the cache was reset
+    translate_errors([&] {
+      run_update([&] {
         cache_.update_from_indices(added.data_ptr<int64_t>(), added.numel(),
                                    removed.data_ptr<int64_t>(), removed.numel(), AtenParallelFor{});
       });
