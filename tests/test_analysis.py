@@ -325,7 +325,8 @@ def test_merge_writes_validated_tables_from_both_hosts(results, tmp_path):
     merged = results["merged"]
     assert sorted(p.name for p in merged.iterdir()) == sorted(
         [f"{k}.csv" for k in MERGED] + ["churn.csv", "churn_tokens.csv", "quality.csv",
-                                        "micro_trace.csv", "decode.csv", "study.json"])
+                                        "micro_trace.csv", "decode.csv", "micro_file.csv",
+                                        "study.json"])
     for kind in MERGED:
         frame = common.validate_csv(merged / f"{kind}.csv", kind)
         assert list(frame.columns) == common.column_names(kind)

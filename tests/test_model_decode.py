@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: E402
 from paired_replacement.model import decode, smollm2  # noqa: E402
 from paired_replacement.model.__main__ import main  # noqa: E402
 
-SPARSE = [m for m in decode.METHODS if m != "dense"]
+SPARSE = [m for m in decode.DRAM_METHODS if m != "dense"]
 PROMPT = list(range(5, 17))
 
 
@@ -177,7 +177,8 @@ def test_cli_decode_on_tiny_model(tmp_path, capsys):
                "40", "--logit-check-tokens", "3", "--rss-methods", "dense", "paired", "--quiet"])
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
-    assert sorted(r["method"] for r in rows) == sorted(decode.METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(decode.DRAM_METHODS)
+    assert {r["tier"] for r in rows} == {"dram"} and {r["io_mode"] for r in rows} == {"memory"}
     by = {r["method"]: r for r in rows}
     assert float(by["dense"]["peak_rss_vs_dense"]) == pytest.approx(1.0)
     assert float(by["paired"]["peak_rss_mib"]) > 0
@@ -213,3 +214,118 @@ def test_cli_decode_refuses_to_run_beside_another_benchmark(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another benchmark is running on this host" in err and "micro (held by" in err
     assert not (tmp_path / "decode.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# File tier: each layer's up/down in a pool file, only the packed rows in memory
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture()
+def pools(tiny, tmp_path):
+    return decode.write_pool_files(tiny.layers, tmp_path / "pools")
+
+
+@pytest.mark.parametrize("method", decode.FILE_METHODS)
+def test_file_methods_compute_the_masked_ffn_and_read_the_records_they_write(tiny, pools,
+                                                                             method):
+    """Ten tokens through layer 0 with its pool in a file: the output is the by-hand FFN on the
+    policy's mask; the bytes read are the records of the rows written (all m' active rows for
+    the reload methods, which rebuild every token; only the changed ones for the paired ones)."""
+    from paired_replacement.pool_file import read_header
+
+    mlp = tiny.layers[0].mlp
+    record = read_header(pools[0]).record_bytes
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(10, 1, mlp.up_proj.weight.shape[1], generator=gen)
+    with torch.no_grad():
+        scores = torch.cat([F.silu(x @ mlp.gate_proj.weight.T).abs() for x in xs]).flatten()
+    threshold = float(scores.quantile(0.67))
+    window = 3
+    clock = decode.PhaseClock()
+    module = decode.CachedFFN(mlp, method, threshold, window, clock, pools[0])
+    assert module.cache.tier_info.tier == "file"
+    recent, held_before = [], torch.zeros(mlp.up_proj.weight.shape[0], dtype=torch.bool)
+    reload = method in decode.RELOAD_METHODS
+    with torch.no_grad():
+        for t, x in enumerate(xs):
+            current = _threshold_mask(mlp, x, threshold)
+            recent = (recent + [current])[-window:]
+            union = torch.stack(recent).any(dim=0)
+            held = union if method in decode.WINDOW_METHODS else current
+            y = module(x.unsqueeze(0))[0]
+            torch.testing.assert_close(y.double(), _by_hand(mlp, x, held), rtol=1e-4, atol=1e-5,
+                                       msg=f"{method}, token {t}")
+            assert torch.equal(module.cache.mask, held), (method, t)
+            module.cache.check_invariants()
+            changed = bool((held != held_before).any())
+            added = int((held & ~held_before).sum())
+            stranded = int(held.sum()) < int(held_before.sum())
+            rows = int(held.sum()) if reload and changed else (
+                module.cache.last_update_stats().rows_written)
+            if not reload and not stranded:
+                assert rows == added  # m' >= m: the paired update writes the additions only
+            assert clock.take_bytes() == rows * record, (method, t)
+            held_before = held
+
+
+@pytest.mark.parametrize("method", decode.FILE_METHODS)
+def test_file_methods_at_density_one_reproduce_the_dense_logits(tiny, pools, method):
+    diff, scale = decode.max_logit_difference(tiny.model, tiny.layers, method, PROMPT, 4, pools)
+    assert scale > 0.1 and diff <= 1e-5 * max(1.0, scale), (method, diff)
+
+
+def test_file_methods_release_the_weights_they_read_from_files(tiny, pools):
+    """A file method keeps no up/down in memory (they are in the pool files) and decodes the same
+    tokens as the in-memory paired cache at the same thresholds."""
+    clock = decode.PhaseClock()
+    thresholds = [0.05] * len(tiny.layers)
+    keep = smollm2.tiny_llama(seed=1)
+    decode.install(keep.layers, decode.build_layers(keep.layers, "paired", thresholds, 1, clock))
+    expected = decode.greedy_decode(keep.model, PROMPT, 4, clock).tokens
+    mlps = [layer.mlp for layer in tiny.layers]
+    modules = decode.build_layers(tiny.layers, "file_paired", thresholds, 1, clock, release=True,
+                                  pool_paths=pools)
+    assert all(m.up_proj.weight.numel() == 0 and m.down_proj.weight.numel() == 0 for m in mlps)
+    decode.install(tiny.layers, modules)
+    run = decode.greedy_decode(tiny.model, PROMPT, 4, clock)
+    assert run.tokens == expected and all(b > 0 for b in run.bytes_read[:1])
+
+
+def test_file_tier_arguments_are_checked(tiny, pools, tmp_path):
+    from paired_replacement.pool_file import write_pool_file
+
+    mlp = tiny.layers[0].mlp
+    with pytest.raises(ValueError, match="needs a pool file"):
+        decode.CachedFFN(mlp, "file_paired", 0.0, 1, decode.PhaseClock())
+    with pytest.raises(ValueError, match="keeps its pool in memory"):
+        decode.CachedFFN(mlp, "paired", 0.0, 1, decode.PhaseClock(), pools[0])
+    with pytest.raises(ValueError, match="needs one pool file per layer"):
+        decode.build_layers(tiny.layers, "file_window", [0.0, 0.0], 2, decode.PhaseClock(),
+                            pool_paths=pools[:1])
+    n, h = mlp.up_proj.weight.shape
+    other = tmp_path / "other.pool"
+    write_pool_file(other, None, torch.zeros(n + 1, h), torch.zeros(h, n + 1))
+    with pytest.raises(ValueError, match=f"mask must have N = {n + 1} entries, got {n}"):
+        decode.CachedFFN(mlp, "file_reload", 0.0, 1, decode.PhaseClock(), other)
+
+
+def test_cli_decode_file_tier(tmp_path):
+    """--tier file: the four file methods, interleaved with dense; bytes per token, speedups over
+    the full reloads and the resident memory of the window cache; the pool files are deleted."""
+    out = tmp_path / "decode.csv"
+    rc = main(["decode", "--tiny", "--out", str(out), "--tier", "file", "--densities", "0.5",
+               "--new-tokens", "3", "--prompt-tokens", "6", "--rounds", "1", "--calib-tokens",
+               "40", "--logit-check-tokens", "2", "--rss-methods", "dense", "file_window",
+               "--quiet"])
+    assert rc == 0
+    rows = {r["method"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == set(decode.FILE_METHODS)
+    for r in rows.values():
+        assert r["tier"] == "file" and r["io_mode"] in ("direct", "buffered+dontneed")
+        assert float(r["slow_bytes_read_per_token"]) > 0
+        assert float(r["density1_max_logit_diff"]) < 1e-4
+    assert float(rows["file_reload"]["speedup_vs_file_reload"]) == pytest.approx(1.0)
+    assert math.isfinite(float(rows["file_window"]["speedup_vs_file_window_reload"]))
+    assert float(rows["file_paired"]["slow_bytes_read_per_token"]) < float(
+        rows["file_reload"]["slow_bytes_read_per_token"])
+    assert float(rows["file_window"]["end_rss_vs_dense"]) > 0
+    assert not (tmp_path / "decode.pools").exists()

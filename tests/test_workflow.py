@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIGURES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
            "autotune_landscape", "cross_host", "micro_time", "model_churn", "micro_trace",
-           "model_decode"]
+           "model_decode", "tiers"]
 TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality",
           "model_decode"]
-BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf"}
+BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf", "micro_file"}
 ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
 pytestmark = pytest.mark.skipif(
@@ -105,6 +105,21 @@ def test_dry_run(configfile):
     for rule in ("traces", "churn", "quality", "micro_trace", "decode"):
         assert counts.get(rule, 0) == model, (rule, counts)
     assert counts.get("paper", 0) == (1 if paper_buildable(REPO) else 0), counts
+    # the CUDA tier runs exactly where torch sees a GPU; elsewhere it is skipped, and said
+    import torch
+
+    assert counts.get("cuda_tier", 0) == (1 if torch.cuda.is_available() else 0), counts
+    if not torch.cuda.is_available():
+        assert "CUDA tier skipped: no CUDA device on" in result.stdout
+
+
+def test_tiers_off_skip_their_rules_and_say_why():
+    result = snakemake("-n", "-p", "--forcerun", "merge", "--config", "tiers={enabled: []}")
+    assert result.returncode == 0, result.stdout
+    counts = job_counts(result.stdout)
+    assert "micro_file" not in counts and "cuda_tier" not in counts, counts
+    assert "CUDA tier skipped: config tiers.enabled has no cuda" in result.stdout
+    assert "--skipped-stage 'cuda=config tiers.enabled has no cuda'" in result.stdout
 
 
 def test_dry_run_slurm_profiles_and_hosts(tmp_path):
@@ -314,8 +329,15 @@ def test_smoke_run_makes_every_output(smoke_run):
                  "sweep.csv", "perf.csv", "build/manifest.json"]:
         assert (root / "results" / "hosts" / hosts[0] / name).is_file(), name
     for name in ["micro", "e2e", "perf", "autotune", "hosts", "churn", "churn_tokens",
-                 "quality", "micro_trace", "decode"]:
+                 "quality", "micro_trace", "decode", "micro_file"]:
         assert (root / "results" / "merged" / f"{name}.csv").is_file(), name
+    # the file tier: every method, the page cache bypassed or dropped (and said), bytes counted
+    tier = pd.read_csv(root / "results" / "merged" / "micro_file.csv")
+    assert set(tier["method"]) == {"paired", "paired_indices", "full_reload", "disk_floor"}
+    assert (tier["tier"] == "file").all()
+    assert set(tier["io_mode"]) <= {"direct", "buffered+dontneed"}
+    assert (tier["slow_bytes_read_mean"] > 0).all()
+    assert not (root / "results" / "hosts" / hosts[0] / "micro_file.pools").exists()
     churn = pd.read_csv(root / "results" / "merged" / "churn.csv")
     assert churn.empty != model_installed()  # measured exactly when the extra is there
     trace = pd.read_csv(root / "results" / "merged" / "micro_trace.csv")
@@ -324,7 +346,10 @@ def test_smoke_run_makes_every_output(smoke_run):
     decode = pd.read_csv(root / "results" / "merged" / "decode.csv")
     assert decode.empty != model_installed()  # timed exactly when the model is there
     if model_installed():  # every method at the smoke density, logits checked, RSS probed
-        assert len(decode) == 7 and (decode["density1_max_logit_diff"].dropna() < 1e-3).all()
+        assert len(decode) == 11 and (decode["density1_max_logit_diff"].dropna() < 1e-3).all()
+        files = decode[decode["tier"] == "file"].set_index("method")
+        assert len(files) == 4 and (files["slow_bytes_read_per_token"] > 0).all()
+        assert files.loc["file_window", "end_rss_vs_dense"] > 0
         assert decode.set_index("method").loc["paired", "peak_rss_vs_dense"] > 0
         assert (root / "results" / "hosts" / hosts[0] / "decode.json").is_file()
     assert "\\newcommand" in (root / "paper/generated/numbers.tex").read_text()

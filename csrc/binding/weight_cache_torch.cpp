@@ -120,6 +120,9 @@ void run_update(F&& f) {
 }
 
 at::ScalarType dtype_of_pool_file(std::uint32_t code, const std::string& path) {
+  TORCH_CHECK_VALUE(code != core::kPoolFileInt8RowScaled, "pool file ", path, ": dtype code 5 is "
+                    "int8 rows with per-row scales; open it with "
+                    "paired_replacement.quant.QuantizedWeightCache.from_pool_file");
   switch (code) {
     case 1: return at::kFloat;
     case 2: return at::kHalf;
@@ -128,6 +131,16 @@ at::ScalarType dtype_of_pool_file(std::uint32_t code, const std::string& path) {
       TORCH_CHECK_VALUE(false, "pool file ", path, ": dtype code ", code,
                         " is not float32 (1), float16 (2) or bfloat16 (3)");
   }
+}
+
+// A 2-D uint8 matrix of byte rows (from_byte_rows): dense, contiguous, on the CPU.
+void check_byte_rows(const at::Tensor& t, const char* name) {
+  check_strided(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kByte, name, " must have dtype torch.uint8 (byte rows), "
+                   "got ", t.scalar_type());
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous (call .contiguous())");
 }
 
 // One cache must not be used by two threads at once, and Python threads can reach it at once:
@@ -193,8 +206,10 @@ class WeightCache : public torch::CustomClassHolder {
     make_views();
   }
 
-  // A cache whose pool is a pool file (file_pool.hpp), read with direct I/O by `queue_depth`
-  // threads: only the packed rows live in memory. The shape and dtype are the file's.
+  // Wraps a built core cache whose elements are `dtype`: a cache on a pool file (file_pool.hpp,
+  // read with direct I/O by `queue_depth` threads: only the packed rows live in memory; the shape
+  // and dtype are the file's), or with an empty pool_path one over in-memory byte rows
+  // (from_byte_rows).
   WeightCache(core::WeightCache&& cache, at::ScalarType dtype, std::string pool_path)
       : dtype_(dtype), cache_(std::move(cache)), pool_path_(std::move(pool_path)) {
     make_views();
@@ -204,11 +219,77 @@ class WeightCache : public torch::CustomClassHolder {
       const std::string& path, const at::Tensor& mask, int64_t queue_depth,
       std::optional<int64_t> grain, std::optional<int64_t> par_threshold,
       std::optional<double> hybrid_tau_frac) {
+    return open_pool_file(path, mask, queue_depth, grain, par_threshold, hybrid_tau_frac, false);
+  }
+
+  // A cache on a pool file of dtype code 5 (int8 rows, each followed by its float32 scale; see
+  // file_pool.hpp): a torch.uint8 cache of those byte rows, like from_byte_rows. The Python
+  // layer (paired_replacement.quant) views the values as int8 and the scales as float32.
+  static c10::intrusive_ptr<WeightCache> from_int8_pool_file(
+      const std::string& path, const at::Tensor& mask, int64_t queue_depth,
+      std::optional<int64_t> grain, std::optional<int64_t> par_threshold,
+      std::optional<double> hybrid_tau_frac) {
+    return open_pool_file(path, mask, queue_depth, grain, par_threshold, hybrid_tau_frac, true);
+  }
+
+  // A cache over rows of raw bytes: the core copies bytes and never looks inside an element, so
+  // a caller can pack anything into a row (paired_replacement.quant packs int8 values and their
+  // float32 scale). gate_bytes [N, Gb] (or an empty 1-D tensor: no gate), up_bytes [N, Ub],
+  // down_bytes [Hb, N] (its columns are the down^T rows, as in the main constructor), all
+  // torch.uint8; Gb, Ub and Hb are independent. The getters return torch.uint8 views.
+  static c10::intrusive_ptr<WeightCache> from_byte_rows(
+      const at::Tensor& mask, const at::Tensor& gate_bytes, const at::Tensor& up_bytes,
+      const at::Tensor& down_bytes, std::optional<int64_t> grain,
+      std::optional<int64_t> par_threshold, std::optional<double> hybrid_tau_frac) {
+    check_byte_rows(up_bytes, "up_bytes");
+    const int64_t n = up_bytes.size(0);
+    TORCH_CHECK_VALUE(n >= 1 && up_bytes.size(1) >= 1,
+                      "up_bytes must have at least one row and one column, got shape ",
+                      up_bytes.sizes());
+    check_byte_rows(down_bytes, "down_bytes");
+    TORCH_CHECK_VALUE(down_bytes.size(1) == n && down_bytes.size(0) >= 1,
+                      "down_bytes must have shape [Hb, N] with N = ", n, " and Hb >= 1, got ",
+                      down_bytes.sizes());
+    check_strided(gate_bytes, "gate_bytes");
+    const bool use_gate = !(gate_bytes.dim() == 1 && gate_bytes.size(0) == 0);
+    if (use_gate) {
+      check_byte_rows(gate_bytes, "gate_bytes");
+      TORCH_CHECK_VALUE(gate_bytes.size(0) == n && gate_bytes.size(1) >= 1,
+                        "gate_bytes must have shape [N, Gb] with N = ", n, " and Gb >= 1 (or be "
+                        "an empty 1-D tensor for no gate), got ", gate_bytes.sizes());
+    }
+    check_mask(mask, n, "mask");
+    core::Shape shape;
+    shape.rows = n;
+    shape.gate_cols = use_gate ? gate_bytes.size(1) : 0;
+    shape.up_cols = up_bytes.size(1);
+    shape.hidden = down_bytes.size(0);
+    shape.elem_size = 1;
+    auto cache = translate_errors([&] {
+      const core::Settings settings = core::Settings::from_environment(
+          core::SettingOverrides{grain, par_threshold, hybrid_tau_frac});
+      return core::WeightCache(shape, use_gate ? gate_bytes.data_ptr() : nullptr,
+                               up_bytes.data_ptr(), down_bytes.data_ptr(),
+                               reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()),
+                               mask.stride(0), settings);
+    });
+    return c10::make_intrusive<WeightCache>(std::move(cache), at::kByte, std::string());
+  }
+
+  static c10::intrusive_ptr<WeightCache> open_pool_file(
+      const std::string& path, const at::Tensor& mask, int64_t queue_depth,
+      std::optional<int64_t> grain, std::optional<int64_t> par_threshold,
+      std::optional<double> hybrid_tau_frac, bool int8_rows) {
     TORCH_CHECK_VALUE(queue_depth >= 1 && queue_depth <= 1024,
                       "queue_depth must be in [1, 1024], got ", queue_depth);
     auto source = translate_errors(
         [&] { return std::make_shared<core::FileRowSource>(path, static_cast<int>(queue_depth)); });
-    const at::ScalarType dtype = dtype_of_pool_file(source->info().dtype_code, path);
+    const std::uint32_t code = source->info().dtype_code;
+    if (int8_rows)
+      TORCH_CHECK_VALUE(code == core::kPoolFileInt8RowScaled, "pool file ", path, ": dtype code ",
+                        code, " is not int8 with per-row scales (5); open it with "
+                        "paired_replacement.WeightCache.from_pool_file");
+    const at::ScalarType dtype = int8_rows ? at::kByte : dtype_of_pool_file(code, path);
     TORCH_CHECK_VALUE(c10::elementSize(dtype) == source->shape().elem_size, "pool file ", path,
                       ": element size ", source->shape().elem_size, " does not match its dtype");
     check_mask(mask, source->shape().rows, "mask");
@@ -635,7 +716,9 @@ TORCH_LIBRARY(paired, m) {
       .def("set_hybrid_tau_frac", &WeightCache::set_hybrid_tau_frac)
       .def("check_invariants", &WeightCache::check_invariants)
       .def("tier_info", &WeightCache::tier_info)
-      .def_static("from_pool_file", &WeightCache::from_pool_file);
+      .def_static("from_pool_file", &WeightCache::from_pool_file)
+      .def_static("from_int8_pool_file", &WeightCache::from_int8_pool_file)
+      .def_static("from_byte_rows", &WeightCache::from_byte_rows);
   m.def("copy_rows(Tensor(a!) dst, Tensor dst_rows, Tensor src, Tensor src_rows, "
         "bool streaming=False, bool parallel=False) -> ()");
   m.impl("copy_rows", c10::DispatchKey::CPU, TORCH_FN(copy_rows));

@@ -12,9 +12,10 @@
 //     char     magic[8]       "PRPOOL01"
 //     uint32   version        1
 //     uint32   header_bytes   offset of record 0 (a multiple of kPoolFileAlign)
-//     int64    rows, gate_cols, up_cols, hidden
+//     int64    rows, gate_cols, up_cols, hidden   (elements of a row: G, U, H; scales excluded)
 //     uint32   elem_size      bytes per element
-//     uint32   dtype_code     informational (1 f32, 2 f16, 3 bf16, 4 f64, 5 int8)
+//     uint32   dtype_code     1 f32, 2 f16, 3 bf16, 4 f64 (informational), 5 int8 with per-row
+//                             scales (kPoolFileInt8RowScaled: changes the record layout, below)
 //     uint64   record_bytes   bytes per neuron record (a multiple of kPoolFileAlign)
 //     uint64   concat_offset  gate|up of the neuron, (G + U) elements, within the record
 //     uint64   down_offset    the neuron's column of down (H elements) within the record
@@ -22,6 +23,14 @@
 //   record r at header_bytes + r * record_bytes: one neuron's gate row, up row and down column
 //   together (LLM in a flash's row-column bundling), so one read fetches everything the neuron
 //   needs; padding is zero.
+//   dtype code 5 (int8 with per-row scales; elem_size 1; G, U, H multiples of 4): each of the
+//   three segments -- gate row, up row, down column -- is its int8 values followed by its float32
+//   scale (4 bytes, little-endian; value ~= q * scale), so the concat data is
+//   [gate q (G) | gate scale | up q (U) | up scale] ((G + 4) + (U + 4) bytes; no gate: U + 4)
+//   and the down data [down q (H) | down scale] (H + 4 bytes). The source hands the cache these
+//   byte rows (PoolFileInfo::shape counts them, elem_size 1): the scales move with their rows in
+//   the same copies, and every scale stays 4-byte aligned in the packed block. Files of codes
+//   1-4 are unchanged by this code (no version bump); older readers refuse code 5.
 //
 // Invariants / guarantees
 //   F1  A fetch reads exactly the records of the rows it is given (one pread each, record-aligned
@@ -51,6 +60,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "paired_replacement/weight_cache.hpp"
@@ -67,6 +77,9 @@ inline constexpr int kPoolFileQueueDepth = 16;
 inline constexpr char kPoolFileMagic[8] = {'P', 'R', 'P', 'O', 'O', 'L', '0', '1'};
 inline constexpr std::uint32_t kPoolFileVersion = 1;
 inline constexpr std::size_t kPoolFileHeaderFields = 80;  // bytes the CRC covers
+// dtype_code of int8 rows that each carry a float32 scale of kPoolFileRowScaleBytes after them.
+inline constexpr std::uint32_t kPoolFileInt8RowScaled = 5;
+inline constexpr std::int64_t kPoolFileRowScaleBytes = 4;
 
 namespace detail {
 
@@ -93,10 +106,13 @@ struct AlignedFree {
 
 }  // namespace detail
 
-// What the header of a pool file says (see the file format above).
+// What the header of a pool file says (see the file format above). `shape` is what the cache
+// copies: for dtype code 5 its column counts include the row scales (G + 4 or 0, U + 4, H + 4
+// bytes), `logical` holds the header's G, U, H; for the other codes the two are equal.
 struct PoolFileInfo {
-  Shape shape;
+  Shape shape, logical;
   std::uint32_t dtype_code = 0;
+  std::int64_t row_scale_bytes = 0;  // kPoolFileRowScaleBytes for dtype code 5, else 0
   std::uint64_t header_bytes = 0, record_bytes = 0, concat_offset = 0, down_offset = 0;
 };
 
@@ -135,6 +151,28 @@ inline PoolFileInfo read_pool_file_header(const std::string& path) {
     info.shape.validate();
   } catch (const std::invalid_argument& e) {
     fail(std::string("bad shape in header (") + e.what() + ")");
+  }
+  info.logical = info.shape;
+  if (info.dtype_code == kPoolFileInt8RowScaled) {
+    if (info.shape.elem_size != 1)
+      fail("dtype code 5 (int8 with per-row scales) needs elem_size 1, got " +
+           std::to_string(info.shape.elem_size));
+    const std::pair<const char*, std::int64_t> cols[] = {{"gate_cols", info.shape.gate_cols},
+                                                         {"up_cols", info.shape.up_cols},
+                                                         {"hidden", info.shape.hidden}};
+    for (const auto& [name, value] : cols)
+      if (value % kPoolFileRowScaleBytes != 0)
+        fail(std::string(name) + " " + std::to_string(value) + " is not a multiple of 4 (dtype "
+             "code 5 keeps the float32 row scales 4-byte aligned)");
+    info.row_scale_bytes = kPoolFileRowScaleBytes;
+    if (info.shape.gate_cols > 0) info.shape.gate_cols += kPoolFileRowScaleBytes;
+    info.shape.up_cols += kPoolFileRowScaleBytes;
+    info.shape.hidden += kPoolFileRowScaleBytes;
+    try {
+      info.shape.validate();
+    } catch (const std::invalid_argument& e) {
+      fail(std::string("bad shape in header (") + e.what() + ")");
+    }
   }
   const std::uint64_t es = info.shape.elem_size;
   const std::uint64_t concat = static_cast<std::uint64_t>(info.shape.gate_cols + info.shape.up_cols) * es;

@@ -1,6 +1,10 @@
 """Paired Replacement: a differential weight cache for dynamic-sparse FFN inference.
 
-- :class:`WeightCache` — the C++ cache (``torch.classes.paired.WeightCache``) with a typed wrapper.
+- :class:`WeightCache` — the C++ cache (``torch.classes.paired.WeightCache``) with a typed wrapper;
+  ``WeightCache.from_pool_file`` keeps the pool in a pool file (:mod:`.pool_file`, the file tier).
+- :class:`QuantizedWeightCache` — int8 rows with per-row scales (:mod:`.quant`).
+- :class:`DeviceWeightCache` — the packed block on a device, pools pinned or on the device
+  (:mod:`.device`; ``python -m paired_replacement.gpu_check`` on a GPU).
 - :mod:`paired_replacement.reference` — the NumPy reference (no torch, no compiled code).
 - :func:`load_extension` — choose which compiled build this process uses (see ``_extension``).
 
@@ -23,6 +27,8 @@ _EXPORTS = {
     "UpdateStats": ".reference",
     "UpdateWork": ".cache",
     "TierInfo": ".cache",
+    "QuantizedWeightCache": ".quant",
+    "DeviceWeightCache": ".device",
     "write_pool_file": ".pool_file",
     "read_pool_file": ".pool_file",
     "baseline_full_rebuild": ".reference",

@@ -2,6 +2,7 @@
 
     python -m paired_replacement.pool_file write --weights layer.pt --out layer.pool
     python -m paired_replacement.pool_file write --random 8192 4096 --dtype float32 --out big.pool
+    python -m paired_replacement.pool_file write --weights layer.pt --dtype int8 --out layer.q.pool
     python -m paired_replacement.pool_file info layer.pool
 
 A record holds one neuron's gate row, up row and down column together (LLM in a flash's
@@ -12,6 +13,14 @@ element size and dtype, record layout, CRC-32 of the header), then N records of 
 (a multiple of 4 KiB, zero padded). :func:`write_pool_file` writes it from torch tensors
 (atomically: a temporary file renamed into place, streamed a block of records at a time so that
 a large pool never sits in memory twice); :func:`read_pool_file` reads it back.
+
+``dtype=torch.int8`` (``--dtype int8``) writes the weights quantised per row
+(:mod:`paired_replacement.quant`): dtype code 5, each gate row, up row and down column stored as
+its int8 values followed by its float32 scale, so a record holds about a quarter of a float32
+record's data (records are still rounded up to 4 KiB).
+The header keeps the logical G, U, H (multiples of 4); such a file is opened by
+``QuantizedWeightCache.from_pool_file`` (``WeightCache.from_pool_file`` refuses it), and
+:func:`read_pool_file` returns its :class:`~paired_replacement.quant.QuantizedWeights`.
 """
 
 from __future__ import annotations
@@ -26,12 +35,15 @@ from pathlib import Path
 
 import torch
 
+from .quant import SCALE_BYTES, QuantizedWeights, pack_rows, quantize_ffn, unpack_rows
+
 MAGIC = b"PRPOOL01"
 VERSION = 1
 ALIGN = 4096  # header, records and reads (kPoolFileAlign)
 _FIELDS = struct.Struct("<8sIIqqqqIIQQQ")  # the 80 bytes the CRC covers; the CRC follows
-DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 5}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _WRITE_BLOCK_BYTES = 64 << 20  # records assembled per write
 
 
@@ -46,7 +58,10 @@ def _round_up(n: int, to: int) -> int:
 @dataclass(frozen=True)
 class PoolFileHeader:
     """What a pool file's header says. ``concat`` is a neuron's gate then up row (G + U
-    elements) at ``concat_offset`` of its record; ``down`` its column of down (H elements)."""
+    elements) at ``concat_offset`` of its record; ``down`` its column of down (H elements).
+    For ``dtype=torch.int8`` (code 5) G, U, H are the logical sizes and each segment is followed
+    by its float32 scale (:attr:`row_scale_bytes`): ``concat_bytes`` and ``down_bytes`` count
+    them."""
 
     rows: int
     gate_cols: int
@@ -62,14 +77,31 @@ class PoolFileHeader:
     def elem_size(self) -> int:
         return torch.tensor([], dtype=self.dtype).element_size()
 
+    @property
+    def row_scale_bytes(self) -> int:
+        """Bytes of the float32 scale after each row segment: 4 for int8 files, else 0."""
+        return SCALE_BYTES if self.dtype == torch.int8 else 0
+
+    @property
+    def concat_bytes(self) -> int:
+        """Bytes of a record's gate|up data (with their scales for int8)."""
+        scale = self.row_scale_bytes
+        return ((self.gate_cols * self.elem_size + scale if self.gate_cols else 0)
+                + self.up_cols * self.elem_size + scale)
+
+    @property
+    def down_bytes(self) -> int:
+        """Bytes of a record's down column (with its scale for int8)."""
+        return self.hidden * self.elem_size + self.row_scale_bytes
+
     @classmethod
     def for_shape(cls, rows: int, gate_cols: int, up_cols: int, hidden: int,
                   dtype: torch.dtype) -> "PoolFileHeader":
         """The layout this module writes: gate|up at 0, down at the next 64-byte boundary, the
         record rounded up to 4 KiB."""
-        elem = torch.tensor([], dtype=dtype).element_size()
-        down_offset = _round_up((gate_cols + up_cols) * elem, 64)
-        record = _round_up(down_offset + hidden * elem, ALIGN)
+        header = cls(rows, gate_cols, up_cols, hidden, dtype, 0, 0, 0)
+        down_offset = _round_up(header.concat_bytes, 64)
+        record = _round_up(down_offset + header.down_bytes, ALIGN)
         return cls(rows, gate_cols, up_cols, hidden, dtype, record, 0, down_offset)
 
     def pack(self) -> bytes:
@@ -97,10 +129,27 @@ class PoolFileHeader:
                      header_bytes)
         if header.elem_size != elem:
             raise PoolFileError(f"pool file {path}: element size {elem} for {header.dtype}")
+        if rows < 1 or up < 1 or hidden < 1 or gate < 0:
+            raise PoolFileError(f"pool file {path}: bad shape in header (rows {rows}, gate_cols "
+                                f"{gate}, up_cols {up}, hidden {hidden})")
+        if header.dtype == torch.int8:
+            for name, value in (("gate_cols", gate), ("up_cols", up), ("hidden", hidden)):
+                if value % SCALE_BYTES:
+                    raise PoolFileError(
+                        f"pool file {path}: {name} {value} is not a multiple of 4 (dtype code 5 "
+                        f"keeps the float32 row scales 4-byte aligned)")
+        concat, down = header.concat_bytes, header.down_bytes
+        if (header_bytes % ALIGN or record % ALIGN or record == 0
+                or concat_off + concat > record or down_off + down > record
+                or (concat_off + concat > down_off if concat_off < down_off
+                    else down_off + down > concat_off)):
+            raise PoolFileError(f"pool file {path}: inconsistent record layout in header")
         return header
 
 
 def _as_weights(gate, up, down) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The weights as tensors of one float dtype, checked: gate [N, H] or None, up [N, H],
+    down [Hd, N]."""
     up = torch.as_tensor(up)
     down = torch.as_tensor(down)
     gate = None if gate is None or torch.as_tensor(gate).numel() == 0 else torch.as_tensor(gate)
@@ -109,7 +158,7 @@ def _as_weights(gate, up, down) -> tuple[torch.Tensor | None, torch.Tensor, torc
     n, h = up.shape
     if n < 1 or h < 1:
         raise ValueError(f"up must have at least one row and column, got shape {tuple(up.shape)}")
-    if up.dtype not in DTYPE_CODES:
+    if up.dtype not in FLOAT_DTYPES:
         raise TypeError(f"up must be float32, float16 or bfloat16, got {up.dtype}")
     if gate is not None and (gate.shape != up.shape or gate.dtype != up.dtype):
         raise ValueError(f"gate must match up ({tuple(up.shape)}, {up.dtype}), got "
@@ -120,20 +169,78 @@ def _as_weights(gate, up, down) -> tuple[torch.Tensor | None, torch.Tensor, torc
     return gate, up, down
 
 
-def write_pool_file(path: str | os.PathLike, gate, up, down) -> PoolFileHeader:
+def drop_cached_pages(path: str | os.PathLike) -> None:
+    """Flush a pool file just written and drop its pages from the page cache, so that what a
+    benchmark reads next comes from the disk (the readers bypass the cache anyway where the file
+    system allows O_DIRECT; this keeps the written pages from occupying memory either way)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def remove_pool_files(directory: str | os.PathLike, pattern: str = "*.pool") -> None:
+    """Delete a benchmark's scratch pool files (``pattern`` in ``directory``) and the directory
+    when nothing else is left in it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for f in directory.glob(pattern):
+        f.unlink()
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # something else lives there: leave it
+
+
+def write_pool_file(path: str | os.PathLike, gate, up, down, *,
+                    dtype: torch.dtype | None = None) -> PoolFileHeader:
     """Write ``gate`` [N, H] (or None), ``up`` [N, H] and ``down`` [Hd, N] as a pool file.
-    Returns its header. The file appears only when complete (tmp + rename)."""
+    Returns its header. The file appears only when complete (tmp + rename).
+
+    ``dtype``: None keeps the weights' dtype; float32 / float16 / bfloat16 convert;
+    ``torch.int8`` quantises each gate row, up row and down column symmetrically with its own
+    float32 scale (:func:`paired_replacement.quant.quantize_rows`; H and Hd must be multiples of
+    4, the weights finite) and stores the scale after the row's values (dtype code 5).
+    """
     gate, up, down = _as_weights(gate, up, down)
+    if dtype is not None and dtype not in DTYPE_CODES:
+        raise TypeError(f"dtype must be None, float32, float16, bfloat16 or int8, got {dtype}")
+    if dtype in FLOAT_DTYPES and dtype != up.dtype:
+        gate = None if gate is None else gate.to(dtype)
+        up, down = up.to(dtype), down.to(dtype)
     n = up.shape[0]
     header = PoolFileHeader.for_shape(n, 0 if gate is None else gate.shape[1], up.shape[1],
-                                      down.shape[0], up.dtype)
-    path = Path(path)
+                                      down.shape[0], dtype if dtype == torch.int8 else up.dtype)
+    if dtype == torch.int8:
+        for name, value in (("gate columns", header.gate_cols), ("up columns", header.up_cols),
+                            ("hidden (down rows)", header.hidden)):
+            if value % SCALE_BYTES:
+                raise ValueError(f"int8 pool file: {name} = {value} is not a multiple of 4 (the "
+                                 f"float32 row scales must stay 4-byte aligned)")
+        q = quantize_ffn(gate, up, down)
+        gate_rows = None if q.gate is None else pack_rows(q.gate, q.gate_scale)
+        up_rows = pack_rows(q.up, q.up_scale)
+        concat = up_rows if gate_rows is None else torch.cat([gate_rows, up_rows], dim=1)
+        down_t = pack_rows(q.down.t(), q.down_scale)
+    else:
+        concat = up if gate is None else torch.cat([gate, up], dim=1)
+        down_t = down.t()
+    _write_records(Path(path), header, concat, down_t)
+    return header
+
+
+def _write_records(path: Path, header: PoolFileHeader, concat: torch.Tensor,
+                   down_t: torch.Tensor) -> None:
+    """The header, then one record per row of ``concat`` (gate|up rows) and ``down_t`` (down^T
+    rows), each row's bytes as they are in memory, atomically (tmp + rename), a block of records
+    at a time (only a block is made contiguous)."""
+    n = header.rows
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    concat = up if gate is None else torch.cat([gate, up], dim=1)
-    down_t = down.t()
     per_block = max(1, _WRITE_BLOCK_BYTES // header.record_bytes)
-    elem = header.elem_size
     try:
         with open(tmp, "wb") as fh:
             fh.write(header.pack())
@@ -142,9 +249,9 @@ def write_pool_file(path: str | os.PathLike, gate, up, down) -> PoolFileHeader:
                 block = torch.zeros(stop - start, header.record_bytes, dtype=torch.uint8)
                 c = concat[start:stop].contiguous().view(torch.uint8)
                 d = down_t[start:stop].contiguous().view(torch.uint8)
+                assert c.shape[1] == header.concat_bytes and d.shape[1] == header.down_bytes
                 block[:, header.concat_offset:header.concat_offset + c.shape[1]] = c
                 block[:, header.down_offset:header.down_offset + d.shape[1]] = d
-                assert c.shape[1] == (concat.shape[1]) * elem and d.shape[1] == header.hidden * elem
                 fh.write(block.numpy().tobytes())
             fh.flush()
             os.fsync(fh.fileno())
@@ -152,7 +259,6 @@ def write_pool_file(path: str | os.PathLike, gate, up, down) -> PoolFileHeader:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return header
 
 
 def read_header(path: str | os.PathLike) -> PoolFileHeader:
@@ -171,13 +277,27 @@ def read_header(path: str | os.PathLike) -> PoolFileHeader:
     return header
 
 
-def read_pool_file(path: str | os.PathLike) -> tuple[torch.Tensor | None, torch.Tensor,
-                                                     torch.Tensor]:
-    """(gate [N, G] or None, up [N, U], down [H, N]) of a pool file (a plain buffered read)."""
+def read_pool_file(path: str | os.PathLike) -> (
+        tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | QuantizedWeights):
+    """(gate [N, G] or None, up [N, U], down [H, N]) of a pool file (a plain buffered read).
+
+    An int8 file (dtype code 5) gives its :class:`~paired_replacement.quant.QuantizedWeights`
+    instead: the int8 values in the same layouts with their float32 per-neuron scales, bit for
+    bit as written; ``.dequantize()`` gives float32 (gate, up, down).
+    """
     header = read_header(path)
     raw = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
     records = raw[header.header_bytes:header.header_bytes + header.rows * header.record_bytes]
     records = records.view(header.rows, header.record_bytes)
+    if header.dtype == torch.int8:
+        concat = records[:, header.concat_offset:header.concat_offset + header.concat_bytes]
+        down_rows = records[:, header.down_offset:header.down_offset + header.down_bytes]
+        gate_bytes = header.gate_cols + SCALE_BYTES if header.gate_cols else 0
+        gate_q, gate_s = (unpack_rows(concat[:, :gate_bytes].contiguous()) if gate_bytes
+                          else (None, None))
+        up_q, up_s = unpack_rows(concat[:, gate_bytes:].contiguous())
+        down_q, down_s = unpack_rows(down_rows.contiguous())
+        return QuantizedWeights(gate_q, gate_s, up_q, up_s, down_q.t().contiguous(), down_s)
     elem = header.elem_size
     cols = header.gate_cols + header.up_cols
     concat = records[:, header.concat_offset:header.concat_offset + cols * elem].contiguous()
@@ -200,8 +320,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--random", type=int, nargs=2, metavar=("N", "HIDDEN"),
                      help="seeded random weights of this shape (benchmarks)")
     w.add_argument("--no-gate", action="store_true", help="--random: no gate rows")
-    w.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="--random: element type")
+    w.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
+                   help="element type (default: the weights' own, float32 for --random); int8 "
+                        "quantises each row with a float32 scale stored after it (H a "
+                        "multiple of 4)")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--out", type=Path, required=True)
     i = sub.add_parser("info", help="print a pool file's header")
@@ -214,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "info":
             h = read_header(args.path)
+            scales = " + a float32 scale per row" if h.row_scale_bytes else ""
             print(f"{args.path}: N={h.rows} gate={h.gate_cols} up={h.up_cols} hidden={h.hidden} "
-                  f"dtype={str(h.dtype).removeprefix('torch.')} record={h.record_bytes} B "
+                  f"dtype={str(h.dtype).removeprefix('torch.')}{scales} record={h.record_bytes} B "
                   f"(concat at {h.concat_offset}, down at {h.down_offset})")
             return 0
         if args.weights is not None:
@@ -227,12 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             gate, up, down = data.get("gate"), data["up"], data["down"]
         else:
             n, h = args.random
-            dtype = getattr(torch, args.dtype)
+            dtype = torch.float32 if args.dtype in (None, "int8") else getattr(torch, args.dtype)
             gen = torch.Generator().manual_seed(args.seed)
             gate = None if args.no_gate else torch.randn(n, h, generator=gen).to(dtype)
             up = torch.randn(n, h, generator=gen).to(dtype)
             down = torch.randn(h, n, generator=gen).to(dtype)
-        header = write_pool_file(args.out, gate, up, down)
+        header = write_pool_file(args.out, gate, up, down,
+                                 dtype=None if args.dtype is None else getattr(torch, args.dtype))
     except (PoolFileError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

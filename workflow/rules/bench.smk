@@ -75,6 +75,68 @@ rule micro_trace:
         "--out {output.csv} 2>&1 | tee {log}"
 
 
+# micro on the file tier: the pool in a pool file (written next to the CSV, deleted after the
+# run), the packed block in memory; paired vs a full reload of the active rows vs the disk's own
+# speed at the same queue depth (the CSV's io_mode says the page cache was bypassed).
+rule micro_file:
+    input:
+        unpack(bench_inputs),
+    output:
+        csv="results/hosts/{host}/micro_file.csv",
+        pyperf="results/hosts/{host}/micro_file.pyperf.json",
+        spec="results/hosts/{host}/micro_file.pyperf.spec.json",
+        masks=directory("results/hosts/{host}/micro_file.masks"),
+    log:
+        "logs/{host}/micro_file.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: bench_threads
+    resources:
+        bench_slot=1,
+        slurm_extra=bench_slurm_extra,
+    params:
+        placement=placement,
+        build_dir=lambda wildcards, input: Path(input.build).parent,
+        tuning=tuning_arg,
+        args=micro_file_args(),
+        timing=timing_args(),
+        threads=torch_threads,
+    message:
+        "{wildcards.host}: micro benchmark on the file tier (pool file read with direct I/O vs a full reload and the disk's speed; progress below and in {log}){params.placement}"
+    shell:
+        "PAIRED_REPLACEMENT_HOST={wildcards.host} "
+        "python -m paired_replacement.bench micro {params.args} {params.timing} "
+        "--threads {params.threads} --build-dir {params.build_dir} {params.tuning} "
+        "--out {output.csv} 2>&1 | tee {log}"
+
+
+# The CUDA tier (only where torch sees a GPU: cuda_skip_reason): the device-resident cache's
+# equivalence checks on the GPU, then CUDA-event timings of paired updates (pool on the device,
+# pool pinned in host memory) vs an on-device index_select rebuild and a full .to(device).
+rule cuda_tier:
+    input:
+        unpack(bench_inputs),
+    output:
+        json="results/hosts/{host}/cuda.json",
+    log:
+        "logs/{host}/cuda.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: bench_threads
+    resources:
+        bench_slot=1,
+        slurm_extra=bench_slurm_extra,
+    params:
+        placement=placement,
+        build_dir=lambda wildcards, input: Path(input.build).parent,
+    message:
+        "{wildcards.host}: the CUDA tier (GPU equivalence checks and CUDA-event timings; {log}){params.placement}"
+    shell:
+        "PAIRED_REPLACEMENT_HOST={wildcards.host} "
+        "python -m paired_replacement.gpu_check --require-gpu --build-dir {params.build_dir} "
+        "--json {output.json} 2>&1 | tee {log}"
+
+
 rule e2e:
     input:
         unpack(bench_inputs),

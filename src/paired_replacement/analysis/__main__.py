@@ -48,7 +48,7 @@ def _numbers(args: argparse.Namespace) -> int:
 # Names only (the figure/table modules import matplotlib, seaborn: loaded when used).
 FIGURE_NAMES = ["micro_speedup", "micro_efficiency", "e2e_speedup", "perf_counters",
                 "autotune_landscape", "cross_host", "micro_time", "model_churn", "micro_trace",
-                "model_decode"]
+                "model_decode", "tiers"]
 TABLE_NAMES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality",
                "model_decode"]
 

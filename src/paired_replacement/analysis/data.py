@@ -52,7 +52,8 @@ from ..bench import common
 #: merged file name -> schema name (the merged files of ``merge``)
 MERGED_TABLES = {"micro": "micro", "e2e": "e2e", "perf": "perf", "autotune": "autotune",
                  "hosts": "hosts", "churn": "churn", "churn_tokens": "churn_tokens",
-                 "quality": "quality", "micro_trace": "micro", "decode": "decode"}
+                 "quality": "quality", "micro_trace": "micro", "decode": "decode",
+                 "micro_file": "micro"}
 #: merged tables of the real-model stage (results/model/, not per host): name -> schema
 MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens", "quality": "quality"}
 #: per-host CSV name -> merged table (its schema: MERGED_TABLES); sweep rows go into e2e.csv
@@ -60,7 +61,7 @@ MODEL_TABLES = {"churn": "churn", "churn_tokens": "churn_tokens", "quality": "qu
 #: model's greedy decode) are optional, like every file
 HOST_CSVS = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e", "perf.csv": "perf",
              "autotune.csv": "autotune", "micro_trace.csv": "micro_trace",
-             "decode.csv": "decode"}
+             "decode.csv": "decode", "micro_file.csv": "micro_file"}
 HOSTINFO = "hostinfo.json"
 #: what merge knows about the study (primary host, smoke, config, hosts, skipped hosts)
 STUDY_FILE = "study.json"

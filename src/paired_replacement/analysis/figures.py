@@ -48,7 +48,9 @@ _STYLE = {
     "rebuild": (14, "p"), "memcpy_floor": (8, "<"), "memcpy_floor_nt": (9, ">"),
     "no_pack": (10, "d"), "ffn_floor": (15, "H"), "dense": (16, "8"), "bool_mask": (7, "*"),
     "numpy_reference": (12, "o"), "gather": (6, "h"), "paired_window": (1, "s"),
-    "paired_window_subset": (19, "D")}
+    "paired_window_subset": (19, "D"), "full_reload": (11, "h"), "disk_floor": (13, "<"),
+    "file_reload": (11, "h"), "file_paired": (0, "o"), "file_window_reload": (17, "*"),
+    "file_window": (1, "s")}
 METHOD_ORDER = list(_STYLE)
 _TAB20 = sns.color_palette("tab20", 20)
 _PALETTE = {m: _TAB20[i] for m, (i, _) in _STYLE.items()}
@@ -669,6 +671,13 @@ def model_churn(merged: data.Merged):
     return model_churn_figure(merged)
 
 
+def tiers(merged: data.Merged):
+    """The file tier (and the real decode on it): analysis/tiers.py."""
+    from .tiers import tiers_figure
+
+    return tiers_figure(merged)
+
+
 def micro_trace(merged: data.Merged):
     """micro on the real model's recorded masks, per trace and tile (see :mod:`.trace_micro`)."""
     from .trace_micro import micro_trace_figure
@@ -694,6 +703,7 @@ FIGURES: dict[str, Callable[[data.Merged], "plt.Figure"]] = {
     "model_churn": model_churn,
     "micro_trace": micro_trace,
     "model_decode": model_decode,
+    "tiers": tiers,
 }
 
 

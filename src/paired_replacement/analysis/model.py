@@ -202,15 +202,16 @@ def decode_host(merged: data.Merged) -> str | None:
     return primary if primary in hosts else hosts[0]
 
 
-def decode(merged: data.Merged) -> pd.DataFrame:
-    """The decode rows of :func:`decode_host` in table order (density, then method); the dense
-    rows (one per density configuration, each measured beside its sparse methods) stay with
-    their density."""
+def decode(merged: data.Merged, tier: str = "dram") -> pd.DataFrame:
+    """The decode rows of :func:`decode_host` on ``tier`` (dram: the dense rows and the methods
+    with pools in memory; file: the file_* methods, analysis/tiers.py) in table order (density,
+    then method); the dense rows (one per density configuration, each measured beside its
+    sparse methods) stay with their density."""
     rows = merged["decode"]
     host = decode_host(merged)
     if host is None:
         return rows
-    rows = rows[rows["host_id"] == host].copy()
+    rows = rows[(rows["host_id"] == host) & (rows["tier"] == tier)].copy()
     # the density a row was measured beside: the config's density (dense rows carry 1)
     config_density = rows[rows["method"] != "dense"].groupby("config_hash")["density"].first()
     rows["config_density"] = rows["config_hash"].map(config_density).fillna(rows["density"])

@@ -154,6 +154,13 @@ macro                               meaning [source rows]
 \TraceMicroSentence                 paired vs torch_delta on the real model's recorded masks per
                                     trace, at tile 1 and the largest tile (layers side by side),
                                     with intervals [micro_trace.csv; analysis/trace_micro.py]
+\TierFileSentence                   the file tier: paired vs full reload per k (time, MiB read,
+                                    speedup with interval, bytes ratio), vs the disk floor
+                                    [micro_file.csv; analysis/tiers.py]
+\TierDecodeSentence                 the real decode with pools in files: tokens/s and MB/token per
+                                    file method, window paired vs full reload [decode.csv]
+\TierPaySentence                    where the file tier pays least (highest k) and the disk caveat
+\TierCudaSentence                   whether the CUDA tier ran (study.json's skipped stages)
 \ModelDecodeSentence                the real greedy decode: tokens/s per method at the first density
                                     with intervals, the fastest sparse method's verdict, a paired
                                     step's split, the window union's update share vs the 10% goal
@@ -1318,6 +1325,9 @@ def numbers(merged: data.Merged) -> str:
     from .trace_micro import trace_numbers
 
     trace_numbers(out, merged)
+    from .tiers import tier_numbers
+
+    tier_numbers(out, merged)
     return out.render()
 
 

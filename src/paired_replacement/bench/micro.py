@@ -47,6 +47,26 @@ real masks, not a larger model, and the rows say so (``trace``, ``trace_layer``,
 The active count then varies per token (``m`` is its mean, rounded; ``m_mean`` exact), and the
 cache keeps its gate unless the trace's policy computes the gate densely (``cache_has_gate``).
 
+Tiers (``--tier dram file``): ``dram`` is everything above (pools and packed block in memory).
+``file`` keeps the pool in a pool file (``paired_replacement.pool_file``, written once per shape
+next to the CSV and deleted after the run) and the packed block in memory, the setting of LLM in a
+flash; its methods (``FILE_METHODS``):
+
+- ``paired``, ``paired_indices``  a cache on the file (``WeightCache.from_pool_file``, tau = 2):
+                          an update reads exactly the W records it writes, with direct I/O
+- ``full_reload``         the same cache with tau = 0: every update re-reads all m' active records
+                          (a full re-pack from the slow tier; the no-packing FFN, which must read
+                          every active row every token, moves the same bytes)
+- ``disk_floor``          the records the paired update reads, read by an independent reader
+                          (bench.diskread: Python threads, its own O_DIRECT descriptor) at the same
+                          queue depth: what the disk allows for those bytes
+
+A file-tier row's ``efficiency_vs_floor`` is the disk floor's time scaled to the method's bytes
+over the method's time (>= 0.8 is the goal: within 1.25x of the disk), ``speedup_vs_full_reload``
+its ratio to the full reload next to ``bytes_ratio_vs_full_reload``, ``io_mode`` says whether the
+page cache was bypassed (``direct``) or dropped after each read (``buffered+dontneed``). The
+sequences of the file tier are not lengthened for the LLC (the disk is the slow tier).
+
 Cache warmth: for uniform/clustered churn the sequence is lengthened until one cycle of the paired
 update touches at least twice the last-level cache in distinct bytes; ``cycle_bytes``, ``llc_bytes``
 and ``cache_state`` (cold: the cycle touches more than the LLC holds; warm otherwise) say so.
@@ -66,8 +86,9 @@ import torch
 
 from .. import WeightCache
 from ..cache import DTYPES
+from ..pool_file import drop_cached_pages, remove_pool_files, write_pool_file
 from ..reference import PairedCache
-from . import common, hostinfo, load, masks, stats, timing
+from . import common, diskread, hostinfo, load, masks, stats, timing
 from .baselines import TorchDeltaCache
 
 CACHE_METHODS = ("paired", "paired_indices", "paired_control", "hybrid")
@@ -75,13 +96,20 @@ DELTA_METHODS = ("torch_delta", "torch_delta_indices")
 FLOOR_METHODS = ("memcpy_floor", "memcpy_floor_nt")
 REBUILD_METHODS = ("index_select", "rebuild_floor", "bool_mask")
 ALL_METHODS = (*CACHE_METHODS, *DELTA_METHODS, "numpy_reference", *REBUILD_METHODS, *FLOOR_METHODS)
+TIERS = ("dram", "file")
+#: the methods of the file tier (pool in a pool file, packed block in memory)
+FILE_METHODS = ("paired", "paired_indices", "full_reload", "disk_floor")
+TIER_METHODS = {"dram": ALL_METHODS, "file": FILE_METHODS}
 #: what a method is in the study (the ``role`` column)
 ROLES = {"paired": "headline", "paired_indices": "headline", "paired_control": "control",
          "hybrid": "policy", "torch_delta": "baseline", "torch_delta_indices": "baseline",
          "numpy_reference": "reference", "index_select": "baseline", "rebuild_floor": "floor",
-         "bool_mask": "naive", "memcpy_floor": "floor", "memcpy_floor_nt": "floor"}
+         "bool_mask": "naive", "memcpy_floor": "floor", "memcpy_floor_nt": "floor",
+         "full_reload": "baseline", "disk_floor": "floor"}
 #: baselines every row is compared with, round by round (when measured in the same group)
-SPEEDUP_BASELINES = ("torch_delta", "torch_delta_indices", "index_select", "rebuild_floor")
+SPEEDUP_BASELINES = ("torch_delta", "torch_delta_indices", "index_select", "rebuild_floor",
+                     "full_reload")
+DEFAULT_QUEUE_DEPTH = 16  # reads in flight on the file tier (the reference disk: ~100 MB/s at 32)
 NEVER_REBUILD_TAU = 2.0  # rows written <= m', so tau >= 1 disables the hybrid rebuild
 # The core's kStreamingMinBytes: an update writing at least this many bytes uses non-temporal
 # stores; rebuild_floor follows the same policy (tests check it against build_info).
@@ -170,14 +198,34 @@ class Method:
         """Rows written per buffer by the last step."""
         raise NotImplementedError
 
+    def bytes_read(self) -> int:
+        """Bytes the last step read from the slow tier (0 on the dram tier)."""
+        return 0
+
 
 class CacheMethod(Method):
+    """A WeightCache on the shared weights (dram tier) or on the group's pool file (file tier)."""
+
     def __init__(self, task, shared, *, tau: float, by_indices: bool = False) -> None:
         super().__init__(task, shared)
-        self.cache = WeightCache(self.seq[0], task["hidden"], shared.gate, shared.up, shared.down,
-                                 grain=task["grain"], par_threshold=task["par_threshold"],
-                                 hybrid_tau_frac=tau)
+        settings = {"grain": task["grain"], "par_threshold": task["par_threshold"],
+                    "hybrid_tau_frac": tau}
+        if task.get("tier", "dram") == "file":
+            self.cache = WeightCache.from_pool_file(task["pool_path"], self.seq[0],
+                                                    queue_depth=task["queue_depth"], **settings)
+        else:
+            self.cache = WeightCache(self.seq[0], task["hidden"], shared.gate, shared.up,
+                                     shared.down, **settings)
         self.by_indices = by_indices
+
+    def io_mode(self) -> str:
+        info = self.cache.tier_info
+        if info.tier == "dram":
+            return "memory"
+        return diskread.DIRECT if info.direct_io else diskread.BUFFERED
+
+    def bytes_read(self) -> int:
+        return self.cache.last_update_work().slow_bytes_read
 
     def step(self, i: int) -> None:
         if self.by_indices:
@@ -336,6 +384,51 @@ class FloorMethod(Method):
         return self.last_written
 
 
+class DiskFloorMethod(Method):
+    """Reads the records the paired update reads at each step (its plan, replayed untimed once
+    like FloorMethod's) with bench.diskread's independent reader at the same queue depth."""
+
+    def __init__(self, task, shared) -> None:
+        super().__init__(task, shared)
+        self.reader = diskread.RecordReader(task["pool_path"], task["queue_depth"])
+        cache = WeightCache(self.seq[0], task["hidden"], shared.gate, shared.up, shared.down,
+                            hybrid_tau_frac=NEVER_REBUILD_TAU)
+        self.plan: list[tuple[int, list[int]]] = []
+        order = cache.active_indices()
+        for target in walk(len(self.seq)):
+            cache.update_active_weights(self.seq[target])
+            new_order = cache.active_indices()
+            slots = torch.arange(new_order.numel())
+            changed = slots >= order.numel()
+            common_len = min(order.numel(), new_order.numel())
+            changed[:common_len] |= new_order[:common_len] != order[:common_len]
+            self.plan.append((target, new_order[changed].tolist()))
+            order = new_order
+        del cache
+        self.position, self.last_rows, self.last_bytes = 0, 0, 0
+
+    def step(self, i: int) -> None:
+        target, rows = self.plan[self.position]
+        if target != i:
+            raise RuntimeError(f"disk floor: step to mask {i}, but the walk goes to {target}")
+        self.last_bytes = self.reader.read(rows)
+        self.last_rows = len(rows)
+        self.position = (self.position + 1) % len(self.plan)
+        self.current = i
+
+    def result(self):
+        return None  # reads and discards: no packed block to check
+
+    def rows_written(self) -> int:
+        return self.last_rows
+
+    def bytes_read(self) -> int:
+        return self.last_bytes
+
+    def io_mode(self) -> str:
+        return self.reader.io_mode
+
+
 METHODS: dict[str, Callable[[dict, Shared], Method]] = {
     "paired": lambda t, s: CacheMethod(t, s, tau=NEVER_REBUILD_TAU),
     "paired_indices": lambda t, s: CacheMethod(t, s, tau=NEVER_REBUILD_TAU, by_indices=True),
@@ -349,6 +442,8 @@ METHODS: dict[str, Callable[[dict, Shared], Method]] = {
     "bool_mask": lambda t, s: RebuildMethod(t, s, kind="bool_mask"),
     "memcpy_floor": lambda t, s: FloorMethod(t, s, streaming=False),
     "memcpy_floor_nt": lambda t, s: FloorMethod(t, s, streaming=True),
+    "full_reload": lambda t, s: CacheMethod(t, s, tau=0.0),
+    "disk_floor": lambda t, s: DiskFloorMethod(t, s),
 }
 
 
@@ -373,22 +468,28 @@ class MicroGroup:
 
     def check(self) -> None:
         """Every method through one cycle (see the module doc); records rows written per step."""
-        rows = {}
+        rows, read = {}, {}
         for name, method in self.methods.items():
-            rows[name] = check_method(name, method, self.shared)
-        self.info = {"rows_written": rows}
+            rows[name], read[name] = check_method(name, method, self.shared)
+        modes = {getattr(m, "io_mode", lambda: "memory")() for m in self.methods.values()}
+        self.info = {"rows_written": rows, "bytes_read": read, "io_mode": "/".join(sorted(modes))}
 
 
-def check_method(name: str, method: Method, shared: Shared) -> list[int]:
+def check_method(name: str, method: Method, shared: Shared) -> tuple[list[int], list[int]]:
     """Walks ``method`` through one whole cycle from its current mask (0), checking each step;
-    returns the rows written per step. Raises common.CorrectnessError."""
+    returns the rows written and the bytes read from the slow tier per step. Raises
+    common.CorrectnessError. A method without a packed block (the disk floor) is only walked."""
     targets = walk(len(shared.seq))
     every = max(1, len(targets) // EXHAUSTIVE_CHECKS_PER_CYCLE)
-    written = []
+    written, read = [], []
     for step, target in enumerate(targets):
         method.step(target)
         written.append(method.rows_written())
-        concat, down_w, order = method.result()
+        read.append(method.bytes_read())
+        result = method.result()
+        if result is None:
+            continue
+        concat, down_w, order = result
         what = f"after the step to mask {target}"
         expected = shared.seq[target].nonzero().squeeze(1)
         common.check_close(name, f"active rows {what}", order.sort().values, expected)
@@ -401,7 +502,7 @@ def check_method(name: str, method: Method, shared: Shared) -> list[int]:
                                shared.rowsum_c[order], exact=False, rtol=1e-5, atol=1e-5)
             common.check_close(name, f"down column sums {what}", down_w.t().sum(dim=1),
                                shared.rowsum_d[order], exact=False, rtol=1e-5, atol=1e-5)
-    return written
+    return written, read
 
 
 def make_group(group: dict) -> MicroGroup:
@@ -443,9 +544,29 @@ def build_parser() -> argparse.ArgumentParser:
                       "trace: the first steps + 1 tokens, or all if fewer)")
     axes.add_argument("--warm", action="store_true",
                       help="keep --steps as given (a cycle may fit the last-level cache: warm)")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    axes.add_argument("--tier", nargs="+", default=["dram"], choices=TIERS,
+                      help="where the pool lives: dram (in memory) or file (a pool file read with "
+                           "direct I/O; the packed block stays in memory)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   choices=sorted(set(ALL_METHODS) | set(FILE_METHODS)),
+                   help="methods (default: every method of each tier; with --tier file only "
+                        f"{', '.join(FILE_METHODS)} apply)")
+    p.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH,
+                   help="file tier: reads in flight (the cache's reader threads and the disk "
+                        "floor's)")
+    p.add_argument("--pool-dir", default=None,
+                   help="file tier: where the pool files are written (default: next to --out, "
+                        "<out>.pools/); deleted after the run unless --keep-pools")
+    p.add_argument("--keep-pools", action="store_true", help="keep the file tier's pool files")
     common.add_common_args(p)
     return p
+
+
+def tier_methods(args: argparse.Namespace, tier: str) -> list[str]:
+    """The methods measured on ``tier``: --methods restricted to the tier's, in order."""
+    if args.methods is None:
+        return list(TIER_METHODS[tier])
+    return [m for m in args.methods if m in TIER_METHODS[tier]]
 
 
 def sequence_steps(config: dict, row_bytes: int, llc: int, warm: bool) -> int:
@@ -453,7 +574,8 @@ def sequence_steps(config: dict, row_bytes: int, llc: int, warm: bool) -> int:
     one cycle of the paired update touches WARM_CYCLE_LLC_MULTIPLE x the LLC: each forward step
     reads k new pool rows and writes k slots."""
     steps, k = config["steps"], config["k_target"]
-    if warm or k <= 0 or config["pattern"] not in ("uniform", "clustered") or llc <= 0:
+    if (warm or k <= 0 or config["pattern"] not in ("uniform", "clustered") or llc <= 0
+            or config.get("tier", "dram") != "dram"):
         return steps
     per_step = 2 * k * row_bytes
     needed = math.ceil(WARM_CYCLE_LLC_MULTIPLE * llc / per_step)
@@ -487,14 +609,17 @@ def configurations(args: argparse.Namespace, tunings: dict[int, common.Tuning],
     configs = []
     gates = common.parse_bool_list(args.gate or SYNTHETIC_GATE)
     synthetic = [p for p in args.pattern if p != "trace"]
-    for n, m, hidden, gate, dtype, threads, pattern in itertools.product(
-            args.rows, args.m, args.hidden or SYNTHETIC_HIDDEN, gates, args.dtype,
+    tiers = getattr(args, "tier", None) or ["dram"]
+    for tier, n, m, hidden, gate, dtype, threads, pattern in itertools.product(
+            tiers, args.rows, args.m, args.hidden or SYNTHETIC_HIDDEN, gates, args.dtype,
             args.threads, synthetic):
         ks = args.k if pattern in ("uniform", "clustered") else [-1]
         tuning = tunings[threads]
+        file_tier = {} if tier == "dram" else {
+            "tier": tier, "queue_depth": getattr(args, "queue_depth", DEFAULT_QUEUE_DEPTH)}
         for k in ks:
-            configs.append({"N": n, "m": m, "k_target": k, "hidden": hidden, "gate": gate,
-                            "dtype": dtype, "threads": threads, "pattern": pattern,
+            configs.append({**file_tier, "N": n, "m": m, "k_target": k, "hidden": hidden,
+                            "gate": gate, "dtype": dtype, "threads": threads, "pattern": pattern,
                             "steps": args.steps, "beta": args.beta if pattern == "sticky" else None,
                             "trace": None,
                             "seed": args.seed, "grain": tuning.grain,
@@ -531,6 +656,15 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--k {k} exceeds the {n - m} inactive rows of --rows {n} --m {m}")
     if min(args.hidden or [1]) < 1 or min(args.threads) < 1 or args.steps < 1:
         p.error("--hidden, --threads and --steps must be >= 1")
+    if args.queue_depth < 1:
+        p.error(f"--queue-depth must be >= 1, got {args.queue_depth}")
+    if "file" in args.tier and "trace" in args.pattern:
+        p.error("--tier file measures synthetic patterns (uniform/clustered/sticky), not --pattern "
+                "trace")
+    for tier in args.tier:
+        if not tier_methods(args, tier):
+            p.error(f"--methods {' '.join(args.methods)}: none applies to --tier {tier} "
+                    f"(its methods: {', '.join(TIER_METHODS[tier])})")
     if "trace" in args.pattern and not args.trace:
         p.error("--pattern trace needs --trace FILE")
     if args.trace and "trace" not in args.pattern:
@@ -561,8 +695,10 @@ def load_replays(p: argparse.ArgumentParser, args: argparse.Namespace):
     return replays
 
 
-def floor_of(method: str, results: dict) -> str | None:
+def floor_of(method: str, results: dict, tier: str = "dram") -> str | None:
     """The floor method whose time bounds ``method``'s from below, if measured in the group."""
+    if tier == "file":
+        return "disk_floor" if "disk_floor" in results and method != "disk_floor" else None
     if method in REBUILD_METHODS:
         return "rebuild_floor" if "rebuild_floor" in results else None
     floors = {f: np.median(np.concatenate([np.asarray(v) for v in results[f].values]))
@@ -576,6 +712,8 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
     methods = result.methods
     values = {name: mv.values for name, mv in methods.items()}
     written = result.info["rows_written"]
+    read = result.info.get("bytes_read", {})
+    tier = config.get("tier", "dram")
     row_bytes = config["row_bytes"]
     load_columns = load.combine(result.load)
     rows = []
@@ -588,12 +726,20 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
             ratio = stats.ratio_interval(values[base], values[method], seed=seed) \
                 if base in values else None
             speedups.update(stats.ratio_columns(f"speedup_vs_{base}", ratio))
-        floor = floor_of(method, methods)
+        read_mean = float(np.mean(read[method])) if read.get(method) else 0.0
+        floor = floor_of(method, methods, tier)
         efficiency = stats.ratio_interval(values[floor], values[method], seed=seed) \
             if floor and rows_written else None
+        if efficiency is not None and tier == "file":
+            # the disk floor reads the paired update's records; scale it to this method's bytes
+            floor_read = float(np.mean(read[floor])) if read.get(floor) else 0.0
+            scale = read_mean / floor_read if floor_read else math.nan
+            efficiency = tuple(x * scale for x in efficiency)
+        full_read = float(np.mean(read["full_reload"])) if read.get("full_reload") else 0.0
         control = stats.ratio_interval(values["paired_control"], values[method], seed=seed) \
             if method == "paired" and "paired_control" in values else None
-        plausible = efficiency is None or efficiency[0] <= PLAUSIBLE_EFFICIENCY
+        plausible = (efficiency is None or math.isnan(efficiency[0])
+                     or efficiency[0] <= PLAUSIBLE_EFFICIENCY)
         rows.append({
             **meta, "threads": config["threads"], "config_hash": config["hash"],
             "benchmark": "micro", "method": method, "role": ROLES[method], "N": config["N"],
@@ -602,6 +748,12 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
             "pattern": config["pattern"], "steps": config["steps"],
             "trace": config.get("trace_key", ""), "trace_layer": config.get("trace_layer", 0),
             "trace_tile": config.get("trace_tile", 0), "m_mean": config["m_mean"],
+            "tier": tier, "io_mode": result.info.get("io_mode", "memory"),
+            "queue_depth": config.get("queue_depth", 0),
+            "slow_bytes_read_mean": read_mean,
+            "read_mbps": read_mean / s["median_s"] / 1e6 if read_mean else 0.0,
+            "bytes_ratio_vs_full_reload": (full_read / read_mean if full_read and read_mean
+                                           else math.nan),
             "rows_written_mean": rows_written, "bytes_moved_mean": bytes_moved,
             **s, "pyperf_json": pyperf_name,
             "gbps": bytes_moved / s["median_s"] / 1e9,
@@ -635,9 +787,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     mask_dir = out.with_name(out.stem + ".masks")
     mask_dir.mkdir(parents=True, exist_ok=True)
+    pool_dir = Path(args.pool_dir) if args.pool_dir else out.with_name(out.stem + ".pools")
+    try:
+        return _run(args, out, mask_dir, pool_dir, tunings, replays)
+    finally:
+        if not args.keep_pools:
+            remove_pool_files(pool_dir)
+
+
+def pool_file_for(config: dict, pool_dir: Path) -> Path:
+    """The group's pool file (one per weight shape and seed, shared by its k), written once from
+    the same weights the workers build (make_weights), its pages dropped from the page cache."""
+    key = common.config_hash({f: config[f] for f in ("N", "hidden", "gate", "dtype", "seed")})
+    path = pool_dir / f"{key}.pool"
+    if not path.exists():
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        write_pool_file(path, *make_weights(config))
+        drop_cached_pages(path)
+    return path
+
+
+def _run(args, out: Path, mask_dir: Path, pool_dir: Path, tunings: dict, replays: dict) -> int:
     meta = common.run_metadata()
     llc = hostinfo.llc_bytes()
-
     groups, configs = [], []
     for config in configurations(args, tunings, replays):
         elem = torch.tensor([], dtype=DTYPES[config["dtype"]]).element_size()
@@ -659,7 +831,11 @@ def main(argv: list[str] | None = None) -> int:
                         "k_mean": float(masks.churn(seq).float().mean()), "cycle_bytes": touched,
                         "m_mean": float(seq.sum(dim=1).float().mean()),
                         "llc_bytes": llc, "cache_state": state})
-        groups.append({**config, "name": chash, "methods": list(args.methods),
+        tier = config.get("tier", "dram")
+        if tier == "file":
+            config["pool_path"] = str(pool_file_for(config, pool_dir))
+            configs[-1]["pool_path"] = config["pool_path"]
+        groups.append({**config, "name": chash, "methods": tier_methods(args, tier),
                        "masks_path": str(masks_path)})
 
     pyperf_json = out.with_suffix(".pyperf.json")
@@ -683,7 +859,7 @@ def print_goals(rows: list[dict]) -> None:
     print("\nthreads k      paired vs torch_delta (>=3 @k<=256)   paired/floor (>=0.8 @k>=64)   "
           "vs index_select [bytes bound]   hybrid vs best rebuild (>=0.95)   control   flags")
     for (chash, method), r in by.items():
-        if method != "paired":
+        if method != "paired" or r["tier"] != "dram":
             continue
         k = r["k_target"]
         delta = r["speedup_vs_torch_delta"]
@@ -709,6 +885,22 @@ def print_goals(rows: list[dict]) -> None:
               f"[{r['pattern']}, N={r['N']}, m={r['m']}, hidden={r['hidden']}, {r['dtype']}"
               + (f", {r['trace']} from layer {r['trace_layer']} x{r['trace_tile']} layers"
                  if r["trace"] else "") + "]")
+    file_rows = [r for r in rows if r["tier"] == "file" and r["method"] == "paired"]
+    if file_rows:
+        print("\nfile tier: threads k      paired ms   MB read  MB/s    vs full_reload "
+              "(>= 0.8 x bytes ratio)   vs disk floor (>= 0.8)   io")
+    for r in file_rows:
+        sp, ratio = r["speedup_vs_full_reload"], r["bytes_ratio_vs_full_reload"]
+        eff = r["efficiency_vs_floor"]
+        sp_ok = math.isnan(sp) or math.isnan(ratio) or sp >= 0.8 * ratio
+        eff_ok = math.isnan(eff) or eff >= 0.8
+        print(f"           {r['threads']:<7} {r['k_target']:<6} {r['median_s'] * 1e3:9.2f} "
+              f"{r['slow_bytes_read_mean'] / 1e6:8.1f} {r['read_mbps']:6.0f}  {sp:7.2f} "
+              f"[{r['speedup_vs_full_reload_ci95_low']:.2f}, "
+              f"{r['speedup_vs_full_reload_ci95_high']:.2f}] (bytes {ratio:6.1f}) "
+              f"{'ok' if sp_ok else 'MISS':<4}   {eff:6.2f} {'ok' if eff_ok else 'MISS':<4}"
+              f"          {r['io_mode']} qd {r['queue_depth']}  [N={r['N']}, m={r['m']}, "
+              f"hidden={r['hidden']}, {r['dtype']}]")
     sys.stdout.flush()
 
 

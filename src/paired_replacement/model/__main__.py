@@ -99,15 +99,24 @@ def _parser() -> argparse.ArgumentParser:
                     help="gate-threshold densities (calibrated per layer)")
     de.add_argument("--window", type=int, default=4, help="W of the window-union methods")
     de.add_argument("--methods", nargs="+", default=None,
-                    help="decode methods (default: all of paired_replacement.model.decode.METHODS)")
+                    help="decode methods (default: every method of each --tier: "
+                    "paired_replacement.model.decode.DRAM_METHODS, FILE_METHODS)")
+    de.add_argument("--tier", nargs="+", default=["dram"], choices=["dram", "file"],
+                    help="where each layer's up/down pool lives: dram, or file (one pool file per "
+                    "layer read with direct I/O: the file_* methods)")
+    de.add_argument("--pool-dir", type=Path, default=None,
+                    help="file tier: where the per-layer pool files go (default <out>.pools/ "
+                    "next to --out; deleted after the run unless --keep-pools)")
+    de.add_argument("--keep-pools", action="store_true", help="keep the file tier's pool files")
     de.add_argument("--prompt-tokens", type=int, default=32)
     de.add_argument("--new-tokens", type=int, default=64, help="timed greedy steps per run")
     de.add_argument("--rounds", type=int, default=5, help="timed runs per method (+1 warm-up)")
     de.add_argument("--calib-tokens", type=int, default=256)
     de.add_argument("--logit-check-tokens", type=int, default=8,
                     help="teacher-forced steps of the density-1 logit check (0: skip)")
-    de.add_argument("--rss-methods", nargs="*", default=["dense", "paired", "paired_window"],
-                    help="methods whose peak RSS is probed, each in a fresh process (none: skip)")
+    de.add_argument("--rss-methods", nargs="*", default=None,
+                    help="methods whose peak RSS is probed, each in a fresh process (none: skip; "
+                    "default: dense, paired, paired_window, and file_window on the file tier)")
     de.add_argument("--tiny", action="store_true", help="the tiny random Llama (tests)")
     de.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     de.add_argument("--context", type=int, default=1024)
@@ -345,7 +354,8 @@ def _probe_rss(args, loaded) -> int:
 
     spec = json.loads(args.rss_probe.read_text())
     result = probe_rss(loaded.model, loaded.layers, spec["method"], spec["thresholds"],
-                       spec["window"], spec["prompt_ids"], spec["new_tokens"])
+                       spec["window"], spec["prompt_ids"], spec["new_tokens"],
+                       spec.get("pool_paths"))
     print("RSS-PROBE " + json.dumps(result))
     return 0
 
@@ -374,22 +384,17 @@ def _run_probe(args, spec: dict) -> dict:
 
 
 def cmd_decode(args) -> int:
-    import json
-    import math
+    from .decode import DRAM_METHODS, FILE_METHODS, METHODS
 
-    from ..bench import common as bench_common
-    from ..bench import load as bench_load
-    from .corpus import token_slice
-    from .decode import METHODS, max_logit_difference, measure, summarize
-    from .hooks import record
-    from .policies import GateThreshold
-
-    methods = args.methods or list(METHODS)
+    methods = args.methods or [*(DRAM_METHODS if "dram" in args.tier else ()),
+                               *(FILE_METHODS if "file" in args.tier else ())]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         print(f"paired_replacement.model decode: unknown --methods {unknown}; choose from "
               f"{', '.join(METHODS)}", file=sys.stderr)
         return 2
+    rss_methods = args.rss_methods if args.rss_methods is not None else [
+        "dense", "paired", "paired_window", *(["file_window"] if "file_window" in methods else [])]
     bad = [d for d in args.densities if not 0.0 < d <= 1.0]
     if bad or args.window < 1 or args.new_tokens < 1 or args.prompt_tokens < 1 \
             or args.rounds < 1:
@@ -406,7 +411,41 @@ def cmd_decode(args) -> int:
     loaded, cut = found
     if args.rss_probe is not None:
         return _probe_rss(args, loaded)
+    pool_dir = None
+    if any(m in FILE_METHODS for m in [*methods, *rss_methods]):
+        pool_dir = args.pool_dir or args.out.with_name(args.out.stem + ".pools")
+    try:
+        return _decode(args, loaded, cut, methods, rss_methods, pool_dir)
+    finally:
+        if pool_dir is not None and not args.keep_pools:
+            from ..pool_file import remove_pool_files
+
+            remove_pool_files(pool_dir, "layer*.pool")
+
+
+def _decode(args, loaded, cut, methods, rss_methods, pool_dir) -> int:
+    """cmd_decode after the checks and the model load (``pool_dir``: the file tier's, or None)."""
+    import json
+    import math
+
+    from ..bench import common as bench_common
+    from ..bench import load as bench_load
+    from .corpus import token_slice
+    from .decode import WINDOW_METHODS, max_logit_difference, measure, summarize, write_pool_files
+    from .hooks import record
+    from .policies import GateThreshold
+
     layers, n = loaded.layers, loaded.num_neurons
+    pool_paths = write_pool_files(layers, pool_dir) if pool_dir is not None else None
+    io_mode = "memory"
+    if pool_paths:
+        from .. import WeightCache
+
+        import torch
+
+        probe_cache = WeightCache.from_pool_file(pool_paths[0], torch.zeros(n, dtype=torch.bool))
+        io_mode = "direct" if probe_cache.tier_info.direct_io else "buffered+dontneed"
+        del probe_cache
     prompt = token_slice("heldout", args.prompt_tokens, **cut).token_ids[: args.prompt_tokens]
     calib = token_slice("calibration", args.calib_tokens, **cut)
     calibration = record(loaded.model, calib.token_ids, calib.segments, ("gate",))
@@ -424,7 +463,7 @@ def cmd_decode(args) -> int:
             if method == "dense":
                 continue
             diff, scale = max_logit_difference(loaded.model, layers, method, prompt,
-                                               args.logit_check_tokens)
+                                               args.logit_check_tokens, pool_paths)
             details["logit_check"].append({"method": method, "max_abs_diff": diff,
                                            "max_abs_logit": scale})
 
@@ -438,7 +477,8 @@ def cmd_decode(args) -> int:
                        args.new_tokens, args.rounds, seed=args.seed,
                        on_run=lambda r, m, run: progress.step(
                            f"d={density:g} round {r} {m}: "
-                           f"{len(run.step_s) / sum(run.step_s):.1f} tok/s"))
+                           f"{len(run.step_s) / sum(run.step_s):.1f} tok/s"),
+                       pool_paths=pool_paths)
         load_columns = probe.stop()
         config = {"model_id": loaded.model_id, "density": density, "window": args.window,
                   "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
@@ -452,21 +492,24 @@ def cmd_decode(args) -> int:
                 **row, "pyperf_json": "", "model_id": loaded.model_id,
                 "policy": "dense" if dense_like else "gate_threshold",
                 "density": 1.0 if dense_like else density,
-                "window": args.window if row["method"].startswith("paired_window") else 1,
+                "window": args.window if row["method"] in WINDOW_METHODS else 1,
+                "io_mode": io_mode if row["tier"] == "file" else "memory",
                 "num_layers": len(layers), "N": n, "hidden": loaded.hidden_size,
                 "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
                 **load_columns})
 
     rss = {}
-    for method in args.rss_methods or []:
+    for method in rss_methods:
         density = 0.25 if 0.25 in fitted else args.densities[0]
         spec = {"method": method, "thresholds": fitted[density], "window": args.window,
                 "prompt_ids": list(prompt), "new_tokens": min(args.new_tokens, 16),
-                "density": density}
+                "density": density,
+                "pool_paths": [str(x) for x in pool_paths] if pool_paths else None}
         result = _run_probe(args, spec)
         details["rss"].append({**result, "density": density})
         rss[method] = result
     dense_peak = rss.get("dense", {}).get("peak_kib", -1)
+    dense_end = rss.get("dense", {}).get("rss_end_kib", -1)
     densities_of = {r["config_hash"]: r["density"] for r in rows if r["method"] != "dense"}
     logit_checks = {c["method"]: c for c in details["logit_check"]}
     for row in rows:
@@ -476,6 +519,8 @@ def cmd_decode(args) -> int:
         peak = probed["peak_kib"] if probed_here and probed["peak_kib"] > 0 else math.nan
         row["peak_rss_mib"] = peak / 1024
         row["peak_rss_vs_dense"] = peak / dense_peak if dense_peak > 0 else math.nan
+        end = probed["rss_end_kib"] if probed_here and probed["rss_end_kib"] > 0 else math.nan
+        row["end_rss_vs_dense"] = end / dense_end if dense_end > 0 else math.nan
         check = logit_checks.get(row["method"])
         row["density1_max_logit_diff"] = check["max_abs_diff"] if check else math.nan
         row["density1_max_abs_logit"] = check["max_abs_logit"] if check else math.nan
@@ -492,6 +537,16 @@ def cmd_decode(args) -> int:
                   f"{r['speedup_vs_dense']:8.2f} {r['speedup_vs_torch_delta']:8.2f} "
                   f"{r['mask_share']:5.2f} {r['update_share']:5.2f} {r['ffn_share']:5.2f} "
                   f"{r['active_fraction']:5.2f} {r['peak_rss_vs_dense']:6.2f}")
+        for r in rows:
+            if r["tier"] != "file":
+                continue
+            base = "file_window_reload" if r["method"].startswith("file_window") else "file_reload"
+            print(f"file tier {r['method']:20s} d={r['density']:.2f}: "
+                  f"{r['slow_bytes_read_per_token'] / 1e6:8.1f} MB read/token, "
+                  f"{r['speedup_vs_' + base]:6.2f}x vs {base} "
+                  f"[{r['speedup_vs_' + base + '_ci95_low']:.2f}, "
+                  f"{r['speedup_vs_' + base + '_ci95_high']:.2f}], {r['io_mode']}, "
+                  f"resident at the end {r['end_rss_vs_dense']:.2f}x dense")
         for check in details["logit_check"]:
             print(f"density 1, {check['method']}: max |logit - dense| = "
                   f"{check['max_abs_diff']:.3g} (max |logit| {check['max_abs_logit']:.3g})")

@@ -34,6 +34,18 @@ Methods (``METHODS``):
                    slots of the current mask, read in place by row_ffn): the quality of W = 1 with
                    the union's update cost; against ``paired_window`` it prices the choice.
 
+File tier (``FILE_METHODS``; ``decode --tier file``): each layer's up rows and down columns live
+in a pool file (one record per neuron, :mod:`paired_replacement.pool_file`) and only the packed
+rows are in memory, the setting of LLM in a flash (the gate stays in memory: the mask is read off
+it). The update reads the records it writes with direct I/O:
+
+- ``file_reload``         every active record re-read each token (tau = 0: a full re-pack from the
+                          file; the no-packing FFN, which must read every active row every token,
+                          reads the same bytes)
+- ``file_paired``         the paired update: only the records of the rows that changed
+- ``file_window_reload``  the window union re-read each token (the full reload at the window policy)
+- ``file_window``         the paired update of the window union (LLM in a flash's windowing)
+
 At density 1 every sparse method computes the dense FFN (every neuron active): its logits must
 equal the dense model's up to float rounding (:func:`max_logit_difference`, tested).
 
@@ -58,9 +70,15 @@ import torch.nn.functional as F
 from .. import WeightCache
 from ..bench.baselines import TorchDeltaCache
 
-METHODS = ("dense", "gather", "torch_delta", "paired", "no_pack", "paired_window",
-           "paired_window_subset")
-WINDOW_METHODS = ("paired_window", "paired_window_subset")
+DRAM_METHODS = ("dense", "gather", "torch_delta", "paired", "no_pack", "paired_window",
+                "paired_window_subset")
+FILE_METHODS = ("file_reload", "file_paired", "file_window_reload", "file_window")
+METHODS = DRAM_METHODS + FILE_METHODS
+WINDOW_METHODS = ("paired_window", "paired_window_subset", "file_window_reload", "file_window")
+#: methods whose update is the cache's (WeightCache.update_active_weights) and FFN the packed one
+CACHE_UPDATE_METHODS = ("paired", "paired_window", *FILE_METHODS)
+#: file-tier methods that rebuild every token (tau = 0: every active record re-read)
+RELOAD_METHODS = ("file_reload", "file_window_reload")
 #: methods whose FFN is row_ffn over gate|up rows read in place (they cache the gate rows too)
 FUSED_METHODS = ("no_pack", "paired_window_subset")
 NEVER_REBUILD_TAU = 2.0  # tau >= 1: the paired path always (the hybrid rule is studied in micro)
@@ -75,11 +93,16 @@ class PhaseClock:
     rows_written: int = 0
     active_rows: int = 0
     calls: int = 0
+    bytes_read: int = 0  # from the slow tier (file methods)
 
     def take(self) -> tuple[dict, int, int, int]:
         out = (dict(self.seconds), self.rows_written, self.active_rows, self.calls)
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.rows_written = self.active_rows = self.calls = 0
+        return out
+
+    def take_bytes(self) -> int:
+        out, self.bytes_read = self.bytes_read, 0
         return out
 
 
@@ -94,15 +117,19 @@ class CachedFFN(torch.nn.Module):
     """One layer's FFN behind a weight cache (see the module doc); ``forward`` takes the MLP's
     input ``[batch, T, H]`` and runs token by token (a decode step has T = 1)."""
 
-    def __init__(self, mlp, method: str, threshold: float, window: int, clock: PhaseClock) -> None:
+    def __init__(self, mlp, method: str, threshold: float, window: int, clock: PhaseClock,
+                 pool_path=None) -> None:
         super().__init__()
         if method not in METHODS or method == "dense":
             raise ValueError(f"CachedFFN: method must be one of {METHODS[1:]}, got {method!r}")
         if window < 1:
             raise ValueError(f"CachedFFN: window must be >= 1, got {window}")
-        gate, up, down = (mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach(),
-                          mlp.down_proj.weight.detach())
-        n, h = up.shape
+        if (method in FILE_METHODS) != (pool_path is not None):
+            raise ValueError(f"CachedFFN: method {method!r} "
+                             + ("needs a pool file (pool_path)" if method in FILE_METHODS
+                                else "keeps its pool in memory: no pool_path"))
+        gate = mlp.gate_proj.weight.detach()
+        n, h = gate.shape
         self.method, self.threshold, self.hidden, self.num_neurons = method, float(threshold), h, n
         self.window = window if method in WINDOW_METHODS else 1
         self.clock = clock
@@ -110,6 +137,15 @@ class CachedFFN(torch.nn.Module):
         # rows itself); the others keep the model's gate for the mask and cache up/down only.
         self.fused = method in FUSED_METHODS
         empty = torch.zeros(n, dtype=torch.bool)
+        self.delta = None
+        self.recent: deque = deque(maxlen=self.window)
+        if method in FILE_METHODS:  # up/down in the file; only the packed rows in memory
+            tau = 0.0 if method in RELOAD_METHODS else NEVER_REBUILD_TAU
+            # (a pool file of another N refuses the layer's mask, naming both sizes)
+            self.cache = WeightCache.from_pool_file(pool_path, empty, hybrid_tau_frac=tau)
+            self.gate_w = gate
+            return
+        up, down = mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach()
         self.cache = WeightCache(empty, h, gate if self.fused else None, up, down,
                                  hybrid_tau_frac=NEVER_REBUILD_TAU)
         self.pool_c = self.cache.pool_concat_weight()   # [N, (2)H(+pad)] views of the pools
@@ -119,12 +155,11 @@ class CachedFFN(torch.nn.Module):
         if method == "gather":
             self.buf_c = torch.empty_like(self.pool_c)
             self.buf_d = torch.empty_like(self.pool_d)
-        self.recent: deque = deque(maxlen=self.window)
 
     def reset(self) -> None:
         """Back to no active row and an empty window (a new sequence)."""
         empty = torch.zeros(self.num_neurons, dtype=torch.bool)
-        if self.method in ("paired", *WINDOW_METHODS):
+        if self.method in (*CACHE_UPDATE_METHODS, *WINDOW_METHODS):
             self.cache.update_active_weights(empty)
         if self.delta is not None:
             self.delta.update_from_mask(empty)
@@ -148,9 +183,11 @@ class CachedFFN(torch.nn.Module):
         t0 = time.perf_counter()
         mask, current, act = self.mask_of(x)
         t1 = time.perf_counter()
-        if method in ("paired", *WINDOW_METHODS):
+        if method in (*CACHE_UPDATE_METHODS, *WINDOW_METHODS):
             self.cache.update_active_weights(mask)
             written, active = self.cache.last_update_stats().rows_written, self.cache.num_active
+            if method in FILE_METHODS:
+                clock.bytes_read += self.cache.last_update_work().slow_bytes_read
         elif method == "torch_delta":
             self.delta.update_from_mask(mask)
             written, active = self.delta.rows_written, self.delta.m
@@ -162,7 +199,7 @@ class CachedFFN(torch.nn.Module):
                 torch.index_select(self.pool_c, 0, idx, out=self.buf_c[:active])
                 torch.index_select(self.pool_d, 0, idx, out=self.buf_d[:active])
         t2 = time.perf_counter()
-        if method in ("paired", "paired_window"):
+        if method in CACHE_UPDATE_METHODS:
             cache = self.cache
             y = _ffn_up(x, act, cache.active_indices(), cache.get_concat_weight(),
                         cache.get_active_down_weight())
@@ -213,19 +250,26 @@ class TimedMLP(torch.nn.Module):
 
 
 def build_layers(layers: Sequence, method: str, thresholds: Sequence[float], window: int,
-                 clock: PhaseClock, *, release: bool = False) -> list[torch.nn.Module]:
+                 clock: PhaseClock, *, release: bool = False,
+                 pool_paths: Sequence | None = None) -> list[torch.nn.Module]:
     """One module per decoder layer for ``method``. With ``release`` each layer's original MLP
-    weights are dropped as soon as its cache holds them (the sparse model keeps one copy)."""
+    weights are dropped as soon as its cache holds them (the sparse model keeps one copy; a file
+    method keeps none: they are in the pool files). ``pool_paths``: one pool file per layer
+    (:func:`write_pool_files`), for the file methods."""
     if method not in METHODS:
         raise ValueError(f"unknown decode method {method!r}; choose from {', '.join(METHODS)}")
     if method != "dense" and len(thresholds) != len(layers):
         raise ValueError(f"{len(thresholds)} thresholds for {len(layers)} layers")
+    if method in FILE_METHODS and (pool_paths is None or len(pool_paths) != len(layers)):
+        raise ValueError(f"decode method {method} needs one pool file per layer "
+                         f"({len(layers)}), got {0 if pool_paths is None else len(pool_paths)}")
     modules = []
     for i, layer in enumerate(layers):
         if method == "dense":
             modules.append(TimedMLP(layer.mlp, clock))
             continue
-        modules.append(CachedFFN(layer.mlp, method, thresholds[i], window, clock))
+        modules.append(CachedFFN(layer.mlp, method, thresholds[i], window, clock,
+                                 pool_paths[i] if method in FILE_METHODS else None))
         if release:
             # the cache's pools hold up and down (and, for the fused methods, the gate); the
             # others compute the mask with the model's own gate weight, which stays
@@ -238,6 +282,27 @@ def build_layers(layers: Sequence, method: str, thresholds: Sequence[float], win
         gc.collect()
         _trim_heap()
     return modules
+
+
+def write_pool_files(layers: Sequence, directory) -> list:
+    """One pool file per layer in ``directory`` (``layer<i>.pool``): the layer's up rows and down
+    columns (the gate stays in memory: the mask is read off it). Rewritten only when missing;
+    their pages are dropped from the page cache (the file methods read with direct I/O)."""
+    from pathlib import Path
+
+    from ..pool_file import drop_cached_pages, write_pool_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, layer in enumerate(layers):
+        path = directory / f"layer{i:03d}.pool"
+        if not path.exists():
+            write_pool_file(path, None, layer.mlp.up_proj.weight.detach(),
+                            layer.mlp.down_proj.weight.detach())
+            drop_cached_pages(path)
+        paths.append(path)
+    return paths
 
 
 def _trim_heap() -> None:
@@ -271,6 +336,7 @@ class DecodeRun:
     active_rows: list  # per step, summed over layers
     tokens: list
     logits: torch.Tensor | None = None
+    bytes_read: list = field(default_factory=list)  # per step from the slow tier, all layers
 
 
 def greedy_decode(model, prompt_ids: Sequence[int], new_tokens: int, clock: PhaseClock, *,
@@ -289,6 +355,7 @@ def greedy_decode(model, prompt_ids: Sequence[int], new_tokens: int, clock: Phas
         for tok in prompt_ids[:-1]:
             model(input_ids=torch.tensor([[tok]]), use_cache=True, **{kv: past})
         clock.take()
+        clock.take_bytes()
         token = prompt_ids[-1]
         run = DecodeRun([], [], [], [], [])
         kept = []
@@ -303,6 +370,7 @@ def greedy_decode(model, prompt_ids: Sequence[int], new_tokens: int, clock: Phas
             run.phase_s.append(phases)
             run.rows_written.append(written)
             run.active_rows.append(active)
+            run.bytes_read.append(clock.take_bytes())
             run.tokens.append(nxt)
             if keep_logits:
                 kept.append(logits.clone())
@@ -313,7 +381,8 @@ def greedy_decode(model, prompt_ids: Sequence[int], new_tokens: int, clock: Phas
 
 
 def max_logit_difference(model, layers: Sequence, method: str, prompt_ids: Sequence[int],
-                         new_tokens: int) -> tuple[float, float]:
+                         new_tokens: int, pool_paths: Sequence | None = None
+                         ) -> tuple[float, float]:
     """(max |logits - dense logits|, max |dense logits|) over ``new_tokens`` teacher-forced steps
     with ``method`` at density 1 (every neuron active): the sparse path must be the dense model."""
     clock = PhaseClock()
@@ -322,7 +391,8 @@ def max_logit_difference(model, layers: Sequence, method: str, prompt_ids: Seque
         install(layers, build_layers(layers, "dense", [], 1, clock))
         dense = greedy_decode(model, prompt_ids, new_tokens, clock, keep_logits=True)
         install(layers, originals)
-        sparse_modules = build_layers(layers, method, [float("-inf")] * len(layers), 1, clock)
+        sparse_modules = build_layers(layers, method, [float("-inf")] * len(layers), 1, clock,
+                                      pool_paths=pool_paths)
         install(layers, sparse_modules)
         sparse = greedy_decode(model, prompt_ids, new_tokens, clock, forced=dense.tokens,
                                keep_logits=True)
@@ -359,13 +429,19 @@ def reset_peak_rss() -> bool:
 # ---------------------------------------------------------------------------------------------
 ROLES = {"dense": "baseline", "gather": "baseline", "torch_delta": "baseline",
          "paired": "headline", "no_pack": "baseline", "paired_window": "headline",
-         "paired_window_subset": "policy"}
-SPEEDUP_BASELINES = ("dense", "torch_delta")
+         "paired_window_subset": "policy", "file_reload": "baseline", "file_paired": "headline",
+         "file_window_reload": "baseline", "file_window": "headline"}
+SPEEDUP_BASELINES = ("dense", "torch_delta", "file_reload", "file_window_reload")
+
+
+def tier_of(method: str) -> str:
+    return "file" if method in FILE_METHODS else "dram"
 
 
 def measure(model, layers: Sequence, thresholds: Sequence[float], methods: Sequence[str],
             window: int, prompt_ids: Sequence[int], new_tokens: int, rounds: int, *,
-            seed: int = 0, on_run=None) -> dict[str, list[DecodeRun]]:
+            seed: int = 0, on_run=None, pool_paths: Sequence | None = None
+            ) -> dict[str, list[DecodeRun]]:
     """``rounds`` timed decodes per method (plus one untimed warm-up round); in each round the
     methods take turns in a random order, so a slow spell of the machine hits all of them. The
     model's own MLPs are put back on return."""
@@ -376,7 +452,8 @@ def measure(model, layers: Sequence, thresholds: Sequence[float], methods: Seque
     originals = [layer.mlp for layer in layers]
     clock = PhaseClock()
     try:
-        modules = {m: build_layers(layers, m, thresholds, window, clock) for m in methods}
+        modules = {m: build_layers(layers, m, thresholds, window, clock, pool_paths=pool_paths)
+                   for m in methods}
         rng = random.Random(seed)
         runs: dict[str, list[DecodeRun]] = {m: [] for m in methods}
         for r in range(rounds + 1):
@@ -424,6 +501,9 @@ def summarize(runs: dict[str, list[DecodeRun]], *, num_layers: int, num_neurons:
             "other_share": (total - sum(phase.values())) / total,
             "active_fraction": float(active) / num_neurons if method != "dense" else 1.0,
             "rows_written_per_layer": float(written) if method != "dense" else 0.0,
+            "tier": tier_of(method),
+            "slow_bytes_read_per_token": float(np.mean([b for r in rs for b in r.bytes_read]))
+            if any(r.bytes_read for r in rs) else 0.0,
             "tokens_generated_sha256": _tokens_digest(rs[0].tokens) if rs else "",
         }
         for base in SPEEDUP_BASELINES:
@@ -441,15 +521,19 @@ def _tokens_digest(tokens: Sequence[int]) -> str:
 
 
 def probe_rss(model, layers: Sequence, method: str, thresholds: Sequence[float], window: int,
-              prompt_ids: Sequence[int], new_tokens: int) -> dict:
+              prompt_ids: Sequence[int], new_tokens: int, pool_paths: Sequence | None = None
+              ) -> dict:
     """Peak resident memory of decoding with ``method`` in this process, from the state the
     caller left (model loaded): VmHWM is reset, the method's modules are built (sparse methods
-    release the MLPs' own weights), ``new_tokens`` are decoded, and the new VmHWM is read."""
+    release the MLPs' own weights), ``new_tokens`` are decoded, and the new VmHWM is read.
+    (A file method's weights leave memory for its pool files: its peak is the loaded model's,
+    its resident memory at the end, ``rss_end_kib``, is what it keeps.)"""
     gc.collect()
     reset = reset_peak_rss()
     before = vm_kib("VmRSS")
     clock = PhaseClock()
-    modules = build_layers(layers, method, thresholds, window, clock, release=method != "dense")
+    modules = build_layers(layers, method, thresholds, window, clock, release=method != "dense",
+                           pool_paths=pool_paths)
     install(layers, modules)
     built = vm_kib("VmRSS")
     greedy_decode(model, prompt_ids, new_tokens, clock)
