@@ -1,8 +1,8 @@
 """micro's file tier (pool in a pool file, packed block in memory) and the disk floor's reader.
 
 Checked against independent counts: the bytes each method reads are the records of the rows it
-writes (recomputed here from the masks with plain torch), the disk floor reads exactly the
-paired update's records, the full reload all m' of them; the correctness gate covers the file
+writes (recomputed here from the masks with plain torch): the paired update's W, the full reload
+all m' active ones (when anything changed), the disk floor all m' every step; the correctness gate covers the file
 methods; bad arguments are refused with the argument named. No timing is asserted.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -41,17 +42,19 @@ def test_file_tier_rows_validate_and_say_how_the_disk_was_read(file_csv):
     assert not file_csv.with_name("micro_file.pools").exists()
 
 
-def _expected_rows(seq: torch.Tensor) -> tuple[list[int], list[int]]:
-    """Rows the paired update writes per step of the walk (an independent count: |added| when m
-    is fixed) and the active rows a full reload reads, per step."""
-    paired, full = [], []
+def _expected_rows(seq: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
+    """Rows read per step of the walk: by the paired update (an independent count: |added| when
+    m is fixed), by a full reload (every active row, when anything changed) and by the disk floor
+    (every active row)."""
+    paired, full, floor = [], [], []
     current = 0
     for target in micro.walk(len(seq)):
         added = int((seq[target] & ~seq[current]).sum())
         paired.append(added)
         full.append(int(seq[target].sum()) if added else 0)
+        floor.append(int(seq[target].sum()))
         current = target
-    return paired, full
+    return paired, full, floor
 
 
 def test_bytes_read_are_the_records_of_the_rows_written(file_csv):
@@ -60,19 +63,37 @@ def test_bytes_read_are_the_records_of_the_rows_written(file_csv):
     for chash, rows in frame.groupby("config_hash"):
         by = rows.set_index("method")
         seq = torch.load(file_csv.with_name("micro_file.masks") / f"{chash}.pt")
-        paired, full = _expected_rows(seq)
+        paired, full, floor = _expected_rows(seq)
         want_paired = sum(paired) / len(paired) * record
         want_full = sum(full) / len(full) * record
-        for method in ("paired", "paired_indices", "disk_floor"):
+        for method in ("paired", "paired_indices"):
             assert by.loc[method, "slow_bytes_read_mean"] == pytest.approx(want_paired), method
         assert by.loc["full_reload", "slow_bytes_read_mean"] == pytest.approx(want_full)
+        assert by.loc["disk_floor", "slow_bytes_read_mean"] == pytest.approx(
+            sum(floor) / len(floor) * record)
         if want_paired:
             assert by.loc["paired", "bytes_ratio_vs_full_reload"] == pytest.approx(
                 want_full / want_paired)
             assert by.loc["paired", "floor_method"] == "disk_floor"
+            # efficiency: the disk floor's time scaled to paired's bytes over paired's time,
+            # recomputed from the raw values round by round
+            raw = _raw_values(file_csv)
+            mine = np.concatenate(raw[f"paired/{chash}"])
+            floor = np.concatenate(raw[f"disk_floor/{chash}"])
+            scale = want_paired / by.loc["disk_floor", "slow_bytes_read_mean"]
+            assert by.loc["paired", "efficiency_vs_floor"] == pytest.approx(
+                float(np.median(floor / mine)) * scale, rel=1e-9)
             assert by.loc["paired", "read_mbps"] > 0
         else:  # k = 0: nothing to read, no ratio
             assert pd.isna(by.loc["paired", "bytes_ratio_vs_full_reload"])
+
+
+def _raw_values(csv_path: Path) -> dict[str, list[list[float]]]:
+    import pyperf
+
+    suite = pyperf.BenchmarkSuite.load(str(csv_path.with_suffix(".pyperf.json")))
+    return {b.get_name(): [list(run.values) for run in b.get_runs()]
+            for b in suite.get_benchmarks()}
 
 
 def read_header_for(frame: pd.DataFrame) -> int:
@@ -96,9 +117,9 @@ def test_correctness_gate_covers_the_file_methods(tmp_path):
     group.check()
     record = read_header(task["pool_path"]).record_bytes
     seq = torch.load(task["masks_path"])
-    paired, _ = _expected_rows(seq)
+    paired, _, floor = _expected_rows(seq)
     assert group.info["bytes_read"]["paired"] == [r * record for r in paired]
-    assert group.info["bytes_read"]["disk_floor"] == [r * record for r in paired]
+    assert group.info["bytes_read"]["disk_floor"] == [r * record for r in floor]
     assert group.info["io_mode"] in (diskread.DIRECT, diskread.BUFFERED)
 
 

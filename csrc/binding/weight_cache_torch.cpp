@@ -304,12 +304,12 @@ class WeightCache : public torch::CustomClassHolder {
 
   // ("dram", "", false, 0, 0) for the in-memory pool; ("file", path, direct I/O, queue depth,
   // bytes read since construction) for a pool file.
-  std::tuple<std::string, std::string, bool, int64_t, int64_t> tier_info() const {
+  std::tuple<std::string, std::string, bool, int64_t, int64_t, int64_t> tier_info() const {
     UseGuard guard(users_, UseGuard::kRead, "tier_info");
     const auto* file = dynamic_cast<const core::FileRowSource*>(cache_.row_source().get());
-    if (file == nullptr) return {"dram", "", false, 0, 0};
+    if (file == nullptr) return {"dram", "", false, 0, 0, 0};
     return {"file", file->path(), file->direct_io(), file->queue_depth(),
-            static_cast<int64_t>(file->bytes_read())};
+            static_cast<int64_t>(file->bytes_read()), static_cast<int64_t>(file->scatter_reads())};
   }
 
   void update_active_weights(const at::Tensor& mask) {

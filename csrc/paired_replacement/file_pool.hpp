@@ -41,11 +41,17 @@
 //   F3  A failed or short read is reported, after all reads of the fetch have ended, by
 //       std::runtime_error naming the file, the row and the error.
 //   F4  bytes_read() counts the bytes the reads returned (records, not rows), since construction.
+//   F5  Where a record is exactly its gate|up part followed by its down part and every piece is
+//       kPoolFileAlign-aligned (record layout, packed addresses and row strides), a read goes
+//       straight into the two packed slots (one preadv with two buffers: no staging copy;
+//       scatter_reads() counts them); otherwise, or after a short read, through the staging
+//       record. The bytes written into the packed rows are the same either way.
 // ---------------------------------------------------------------------------------------------
 #pragma once
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -205,6 +211,14 @@ class FileRowSource final : public RowSource {
     if (!direct_) fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0)
       throw std::runtime_error("pool file " + path + ": cannot open (" + std::strerror(errno) + ")");
+    {  // F5: can a record land in its two packed slots with one aligned read?
+      const std::uint64_t es = info_.shape.elem_size;
+      const std::uint64_t concat = static_cast<std::uint64_t>(info_.shape.gate_cols + info_.shape.up_cols) * es;
+      const std::uint64_t down = static_cast<std::uint64_t>(info_.shape.hidden) * es;
+      scatter_layout_ = direct_ && info_.concat_offset == 0 && info_.down_offset == concat &&
+                        concat + down == info_.record_bytes && concat % kPoolFileAlign == 0 &&
+                        down % kPoolFileAlign == 0;
+    }
     staging_.reserve(static_cast<std::size_t>(queue_depth));
     for (int i = 0; i < queue_depth; ++i)
       staging_.emplace_back(static_cast<std::byte*>(::operator new(
@@ -231,15 +245,22 @@ class FileRowSource final : public RowSource {
   bool direct_io() const noexcept { return direct_; }
   int queue_depth() const noexcept { return static_cast<int>(staging_.size()); }
   std::uint64_t bytes_read() const noexcept override { return bytes_read_.load(); }
+  // Records read straight into their packed slots (F5), since construction.
+  std::uint64_t scatter_reads() const noexcept { return scatter_reads_.load(); }
 
   // See RowSource::fetch. Not reentrant: one fetch at a time (the cache calls it from its update).
   void fetch(std::int64_t n, const std::int32_t* slots, const std::int32_t* rows,
              std::byte* packed_concat, std::size_t concat_ld, std::byte* packed_down,
              std::size_t down_ld) override {
     if (n <= 0) return;
+    const auto aligned = [](const void* p, std::size_t ld) {
+      return reinterpret_cast<std::uintptr_t>(p) % kPoolFileAlign == 0 && ld % kPoolFileAlign == 0;
+    };
+    const bool scatter = scatter_layout_ && aligned(packed_concat, concat_ld) &&
+                         aligned(packed_down, down_ld);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      job_ = Job{n, slots, rows, packed_concat, concat_ld, packed_down, down_ld};
+      job_ = Job{n, slots, rows, packed_concat, concat_ld, packed_down, down_ld, scatter};
       next_.store(0);
       error_row_ = -1;
       error_what_.clear();
@@ -272,6 +293,7 @@ class FileRowSource final : public RowSource {
     std::size_t lc = 0;
     std::byte* pd = nullptr;
     std::size_t ld = 0;
+    bool scatter = false;  // F5: read straight into the packed slots
   };
 
   void worker(int id) {
@@ -302,6 +324,19 @@ class FileRowSource final : public RowSource {
     for (std::int64_t i = next_.fetch_add(1); i < job.n; i = next_.fetch_add(1)) {
       const std::int32_t r = job.rows[i];
       const auto offset = static_cast<off_t>(info_.header_bytes + info_.record_bytes * static_cast<std::uint64_t>(r));
+      if (job.scatter) {  // F5; a short or failed read falls through to the staging path
+        const auto s = static_cast<std::size_t>(job.slots[i]);
+        iovec iov[2] = {{job.pc + s * job.lc, concat}, {job.pd + s * job.ld, down}};
+        ssize_t k;
+        do {
+          k = ::preadv(fd_, iov, 2, offset);
+        } while (k < 0 && errno == EINTR);
+        if (k == static_cast<ssize_t>(info_.record_bytes)) {
+          bytes_read_.fetch_add(static_cast<std::uint64_t>(k));
+          scatter_reads_.fetch_add(1);
+          continue;
+        }
+      }
       std::size_t got = 0;
       int err = 0;
       while (got < info_.record_bytes) {
@@ -354,6 +389,8 @@ class FileRowSource final : public RowSource {
   Job job_;
   std::atomic<std::int64_t> next_{0};
   std::atomic<std::uint64_t> bytes_read_{0};
+  std::atomic<std::uint64_t> scatter_reads_{0};
+  bool scatter_layout_ = false;  // F5's conditions on the file (the job checks the buffers)
   std::int64_t error_row_ = -1;
   std::string error_what_;
 };

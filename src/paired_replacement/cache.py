@@ -138,6 +138,8 @@ class TierInfo(NamedTuple):
     direct_io: bool  # the file is read with O_DIRECT (no page cache); False: buffered + dropped
     queue_depth: int  # reads in flight at once (threads of the file reader)
     bytes_read: int  # bytes read from the file since the cache was built
+    #: records read straight into their packed slots (no staging copy: file_pool.hpp F5)
+    scatter_reads: int = 0
 
 
 class WeightCache:

@@ -121,9 +121,13 @@ def no_gpu_reason(device: str) -> str | None:
 
 
 def ensure_extension(build_dir: str) -> str:
-    """Loads the ops; builds them for this host into ``build_dir`` when none is built."""
+    """Loads the ops: the build in ``build_dir`` when there is one (the pipeline passes the
+    host's build), else the package's own; builds them for this host into ``build_dir`` when
+    neither is there."""
     from ._extension import load_extension
 
+    if (Path(build_dir) / "manifest.json").is_file():
+        return str(load_extension(build_dir))
     try:
         return str(load_extension())
     except (ImportError, FileNotFoundError) as e:

@@ -613,7 +613,7 @@ def decode_args():
         ["--rounds", c["rounds"], "--threads", c["threads"]],
         ["--calib-tokens", config["model"]["calib_tokens"]],
         ["--logit-check-tokens", c["logit_check_tokens"]],
-        ["--rss-methods", *c["rss_methods"]],
+        ["--rss-methods", *c["rss_methods"], "--queue-depth", c["queue_depth"]],
     )
 
 

@@ -142,8 +142,8 @@ def tiers_figure(merged: data.Merged):
            + ("" if rows.empty else
               f", N={int(r0['N'])}, m={int(r0['m'])}, hidden={int(r0['hidden'])}, {r0['dtype']}, "
               f"queue depth {int(r0['queue_depth'])}, {int(r0['threads'])} thread(s); "
-              "disk floor: the paired update's records read by an independent reader at the "
-              "same queue depth; " + f.TIME_CI_TEXT))
+              "disk floor: every active record read by an independent reader at the same queue "
+              "depth (the disk's throughput); " + f.TIME_CI_TEXT))
     f.suptitle(fig, title, sub)
     if hollow:
         fig.text(0.01, 0.01, f.HOLLOW_TEXT, fontsize=6.5)
@@ -206,9 +206,10 @@ def file_sentence(merged: data.Merged) -> str:
                      + (", except where an update is so small that its fixed cost shows"
                         if fr.min() < 0.8 else "") + ".")
     if not eff.empty and not floor_mbps.empty:
-        text += (f" Against the disk's own speed (an independent reader of the same records at "
-                 f"the same queue depth, {floor_mbps.min():.0f}--{floor_mbps.max():.0f}~MB/s), the "
-                 f"paired update reaches {fmt_ratio(eff.min())}--{fmt_ratio(eff.max())} of it"
+        text += (f" Against the disk's own speed (an independent reader of every active record "
+                 f"at the same queue depth, {floor_mbps.min():.0f}--{floor_mbps.max():.0f}~MB/s), "
+                 f"the paired update reaches {fmt_ratio(eff.min())}--{fmt_ratio(eff.max())} of "
+                 "the throughput it allows"
                  + (" (the goal: at least 0.8 at every $k$)." if eff.min() >= 0.8 else
                     f"; below the 0.8 goal at $k = "
                     + ", ".join(fmt_int(k) for k in eff[eff < 0.8].index) + "$."))

@@ -5,10 +5,12 @@ A cache on a pool file (``WeightCache.from_pool_file``) reads one record per row
 direct I/O, ``queue_depth`` reads in flight. What the disk allows for those bytes is measured here
 by a second reader that shares nothing with the C++ one: plain ``os.preadv`` calls from
 ``queue_depth`` Python threads (the GIL is released during the read), on a file descriptor of its
-own opened with ``O_DIRECT``, into page-aligned buffers. Reading the same records at the same
-queue depth, its time is the floor the file tier's update is compared with (``disk_floor`` in
-micro's file tier): an update far slower than it wastes the disk; one much faster than it read
-from somewhere else (a measurement bug, or a cache).
+own opened with ``O_DIRECT``, into page-aligned buffers. Reading a large batch of records at
+the same queue depth, it measures the disk's random-read throughput, the floor the file tier's
+update is compared with (``disk_floor`` in micro's file tier: the time that throughput allows for
+the bytes an update reads): an update far slower than it wastes the disk; one much faster than it
+read from somewhere else (a measurement bug, or a cache). (Its per-call overhead, a Python thread
+pool, is about a millisecond: a batch of a few records would measure that, not the disk.)
 
 Where the file system refuses ``O_DIRECT`` both readers fall back to buffered reads and drop the
 file's pages after each batch (``posix_fadvise(DONTNEED)``): :attr:`RecordReader.io_mode` says

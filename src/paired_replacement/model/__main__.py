@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="file tier: where the per-layer pool files go (default <out>.pools/ "
                     "next to --out; deleted after the run unless --keep-pools)")
     de.add_argument("--keep-pools", action="store_true", help="keep the file tier's pool files")
+    de.add_argument("--queue-depth", type=int, default=16,
+                    help="file tier: reads in flight per layer's pool file (default 16)")
     de.add_argument("--prompt-tokens", type=int, default=32)
     de.add_argument("--new-tokens", type=int, default=64, help="timed greedy steps per run")
     de.add_argument("--rounds", type=int, default=5, help="timed runs per method (+1 warm-up)")
@@ -355,7 +357,7 @@ def _probe_rss(args, loaded) -> int:
     spec = json.loads(args.rss_probe.read_text())
     result = probe_rss(loaded.model, loaded.layers, spec["method"], spec["thresholds"],
                        spec["window"], spec["prompt_ids"], spec["new_tokens"],
-                       spec.get("pool_paths"))
+                       spec.get("pool_paths"), spec.get("queue_depth", 16))
     print("RSS-PROBE " + json.dumps(result))
     return 0
 
@@ -397,9 +399,10 @@ def cmd_decode(args) -> int:
         "dense", "paired", "paired_window", *(["file_window"] if "file_window" in methods else [])]
     bad = [d for d in args.densities if not 0.0 < d <= 1.0]
     if bad or args.window < 1 or args.new_tokens < 1 or args.prompt_tokens < 1 \
-            or args.rounds < 1:
+            or args.rounds < 1 or args.queue_depth < 1:
         print("paired_replacement.model decode: --densities must be in (0, 1]; --window, "
-              "--new-tokens, --prompt-tokens and --rounds must be >= 1", file=sys.stderr)
+              "--new-tokens, --prompt-tokens, --rounds and --queue-depth must be >= 1",
+              file=sys.stderr)
         return 2
     if args.build_dir is not None:
         from .._extension import load_extension
@@ -463,7 +466,8 @@ def _decode(args, loaded, cut, methods, rss_methods, pool_dir) -> int:
             if method == "dense":
                 continue
             diff, scale = max_logit_difference(loaded.model, layers, method, prompt,
-                                               args.logit_check_tokens, pool_paths)
+                                               args.logit_check_tokens, pool_paths,
+                                               args.queue_depth)
             details["logit_check"].append({"method": method, "max_abs_diff": diff,
                                            "max_abs_logit": scale})
 
@@ -478,7 +482,7 @@ def _decode(args, loaded, cut, methods, rss_methods, pool_dir) -> int:
                        on_run=lambda r, m, run: progress.step(
                            f"d={density:g} round {r} {m}: "
                            f"{len(run.step_s) / sum(run.step_s):.1f} tok/s"),
-                       pool_paths=pool_paths)
+                       pool_paths=pool_paths, queue_depth=args.queue_depth)
         load_columns = probe.stop()
         config = {"model_id": loaded.model_id, "density": density, "window": args.window,
                   "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
@@ -494,6 +498,7 @@ def _decode(args, loaded, cut, methods, rss_methods, pool_dir) -> int:
                 "density": 1.0 if dense_like else density,
                 "window": args.window if row["method"] in WINDOW_METHODS else 1,
                 "io_mode": io_mode if row["tier"] == "file" else "memory",
+                "queue_depth": args.queue_depth if row["tier"] == "file" else 0,
                 "num_layers": len(layers), "N": n, "hidden": loaded.hidden_size,
                 "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
                 **load_columns})
@@ -504,7 +509,8 @@ def _decode(args, loaded, cut, methods, rss_methods, pool_dir) -> int:
         spec = {"method": method, "thresholds": fitted[density], "window": args.window,
                 "prompt_ids": list(prompt), "new_tokens": min(args.new_tokens, 16),
                 "density": density,
-                "pool_paths": [str(x) for x in pool_paths] if pool_paths else None}
+                "pool_paths": [str(x) for x in pool_paths] if pool_paths else None,
+                "queue_depth": args.queue_depth}
         result = _run_probe(args, spec)
         details["rss"].append({**result, "density": density})
         rss[method] = result

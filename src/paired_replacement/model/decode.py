@@ -83,6 +83,7 @@ RELOAD_METHODS = ("file_reload", "file_window_reload")
 FUSED_METHODS = ("no_pack", "paired_window_subset")
 NEVER_REBUILD_TAU = 2.0  # tau >= 1: the paired path always (the hybrid rule is studied in micro)
 PHASES = ("mask", "update", "ffn")
+FILE_QUEUE_DEPTH = 16  # reads in flight per layer's pool file (its reader threads)
 
 
 @dataclass
@@ -118,7 +119,7 @@ class CachedFFN(torch.nn.Module):
     input ``[batch, T, H]`` and runs token by token (a decode step has T = 1)."""
 
     def __init__(self, mlp, method: str, threshold: float, window: int, clock: PhaseClock,
-                 pool_path=None) -> None:
+                 pool_path=None, queue_depth: int = FILE_QUEUE_DEPTH) -> None:
         super().__init__()
         if method not in METHODS or method == "dense":
             raise ValueError(f"CachedFFN: method must be one of {METHODS[1:]}, got {method!r}")
@@ -142,7 +143,8 @@ class CachedFFN(torch.nn.Module):
         if method in FILE_METHODS:  # up/down in the file; only the packed rows in memory
             tau = 0.0 if method in RELOAD_METHODS else NEVER_REBUILD_TAU
             # (a pool file of another N refuses the layer's mask, naming both sizes)
-            self.cache = WeightCache.from_pool_file(pool_path, empty, hybrid_tau_frac=tau)
+            self.cache = WeightCache.from_pool_file(pool_path, empty, hybrid_tau_frac=tau,
+                                                    queue_depth=queue_depth)
             self.gate_w = gate
             return
         up, down = mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach()
@@ -251,7 +253,8 @@ class TimedMLP(torch.nn.Module):
 
 def build_layers(layers: Sequence, method: str, thresholds: Sequence[float], window: int,
                  clock: PhaseClock, *, release: bool = False,
-                 pool_paths: Sequence | None = None) -> list[torch.nn.Module]:
+                 pool_paths: Sequence | None = None,
+                 queue_depth: int = FILE_QUEUE_DEPTH) -> list[torch.nn.Module]:
     """One module per decoder layer for ``method``. With ``release`` each layer's original MLP
     weights are dropped as soon as its cache holds them (the sparse model keeps one copy; a file
     method keeps none: they are in the pool files). ``pool_paths``: one pool file per layer
@@ -269,7 +272,7 @@ def build_layers(layers: Sequence, method: str, thresholds: Sequence[float], win
             modules.append(TimedMLP(layer.mlp, clock))
             continue
         modules.append(CachedFFN(layer.mlp, method, thresholds[i], window, clock,
-                                 pool_paths[i] if method in FILE_METHODS else None))
+                                 pool_paths[i] if method in FILE_METHODS else None, queue_depth))
         if release:
             # the cache's pools hold up and down (and, for the fused methods, the gate); the
             # others compute the mask with the model's own gate weight, which stays
@@ -381,8 +384,8 @@ def greedy_decode(model, prompt_ids: Sequence[int], new_tokens: int, clock: Phas
 
 
 def max_logit_difference(model, layers: Sequence, method: str, prompt_ids: Sequence[int],
-                         new_tokens: int, pool_paths: Sequence | None = None
-                         ) -> tuple[float, float]:
+                         new_tokens: int, pool_paths: Sequence | None = None,
+                         queue_depth: int = FILE_QUEUE_DEPTH) -> tuple[float, float]:
     """(max |logits - dense logits|, max |dense logits|) over ``new_tokens`` teacher-forced steps
     with ``method`` at density 1 (every neuron active): the sparse path must be the dense model."""
     clock = PhaseClock()
@@ -392,7 +395,7 @@ def max_logit_difference(model, layers: Sequence, method: str, prompt_ids: Seque
         dense = greedy_decode(model, prompt_ids, new_tokens, clock, keep_logits=True)
         install(layers, originals)
         sparse_modules = build_layers(layers, method, [float("-inf")] * len(layers), 1, clock,
-                                      pool_paths=pool_paths)
+                                      pool_paths=pool_paths, queue_depth=queue_depth)
         install(layers, sparse_modules)
         sparse = greedy_decode(model, prompt_ids, new_tokens, clock, forced=dense.tokens,
                                keep_logits=True)
@@ -440,8 +443,8 @@ def tier_of(method: str) -> str:
 
 def measure(model, layers: Sequence, thresholds: Sequence[float], methods: Sequence[str],
             window: int, prompt_ids: Sequence[int], new_tokens: int, rounds: int, *,
-            seed: int = 0, on_run=None, pool_paths: Sequence | None = None
-            ) -> dict[str, list[DecodeRun]]:
+            seed: int = 0, on_run=None, pool_paths: Sequence | None = None,
+            queue_depth: int = FILE_QUEUE_DEPTH) -> dict[str, list[DecodeRun]]:
     """``rounds`` timed decodes per method (plus one untimed warm-up round); in each round the
     methods take turns in a random order, so a slow spell of the machine hits all of them. The
     model's own MLPs are put back on return."""
@@ -452,8 +455,8 @@ def measure(model, layers: Sequence, thresholds: Sequence[float], methods: Seque
     originals = [layer.mlp for layer in layers]
     clock = PhaseClock()
     try:
-        modules = {m: build_layers(layers, m, thresholds, window, clock, pool_paths=pool_paths)
-                   for m in methods}
+        modules = {m: build_layers(layers, m, thresholds, window, clock, pool_paths=pool_paths,
+                                   queue_depth=queue_depth) for m in methods}
         rng = random.Random(seed)
         runs: dict[str, list[DecodeRun]] = {m: [] for m in methods}
         for r in range(rounds + 1):
@@ -521,8 +524,8 @@ def _tokens_digest(tokens: Sequence[int]) -> str:
 
 
 def probe_rss(model, layers: Sequence, method: str, thresholds: Sequence[float], window: int,
-              prompt_ids: Sequence[int], new_tokens: int, pool_paths: Sequence | None = None
-              ) -> dict:
+              prompt_ids: Sequence[int], new_tokens: int, pool_paths: Sequence | None = None,
+              queue_depth: int = FILE_QUEUE_DEPTH) -> dict:
     """Peak resident memory of decoding with ``method`` in this process, from the state the
     caller left (model loaded): VmHWM is reset, the method's modules are built (sparse methods
     release the MLPs' own weights), ``new_tokens`` are decoded, and the new VmHWM is read.
@@ -533,7 +536,7 @@ def probe_rss(model, layers: Sequence, method: str, thresholds: Sequence[float],
     before = vm_kib("VmRSS")
     clock = PhaseClock()
     modules = build_layers(layers, method, thresholds, window, clock, release=method != "dense",
-                           pool_paths=pool_paths)
+                           pool_paths=pool_paths, queue_depth=queue_depth)
     install(layers, modules)
     built = vm_kib("VmRSS")
     greedy_decode(model, prompt_ids, new_tokens, clock)
