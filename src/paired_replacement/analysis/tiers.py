@@ -92,18 +92,16 @@ def tiers_figure(merged: data.Merged):
             x = mine["k_target"].to_numpy(float)
             y, lo, hi = (mine[c].to_numpy(float) * 1e3
                          for c in ("median_s", "ci95_low_s", "ci95_high_s"))
+            read = mine["slow_bytes_read_mean"].median()
+            label = method.replace("_", " ") + ("" if method == "paired" else
+                                                 f" ({_mib(read)} MiB)")
             ax_t.plot(x, y, color=f.color(method), marker=f.marker(method), lw=1.3, ms=5,
-                      label=method.replace("_", " "))
+                      label=label)
             f.errorbars(ax_t, x, y, lo, hi, f.color(method))
             if method == "paired":
                 for xi, yi, b in zip(x, y, mine["slow_bytes_read_mean"]):
                     ax_t.annotate(f"{_mib(b)} MiB", (xi, yi), textcoords="offset points",
                                   xytext=(3, -10), fontsize=6, color=f.color(method))
-        full = rows[rows["method"] == "full_reload"]
-        if not full.empty:
-            ax_t.annotate(f"full reload: {_mib(full['slow_bytes_read_mean'].median())} MiB",
-                          (0.02, 0.95), xycoords="axes fraction", fontsize=6.5, va="top",
-                          color=f.color("full_reload"))
         ax_t.set(xscale="log", yscale="log", xlabel="k (rows swapped per update)",
                  ylabel="time per update (ms, log)")
         ax_t.legend(fontsize=7, loc="lower right")
@@ -122,21 +120,28 @@ def tiers_figure(merged: data.Merged):
                      ylabel="paired vs full reload (×, log)")
             ax_s.legend(fontsize=7)
     if not dec.empty:
+        from matplotlib.patches import Patch
+
         ax_d = axes[0][2]
         densities = sorted(dec["density"].unique())
         methods = [m for m in FILE_DECODE if m in set(dec["method"])]
-        width = 0.8 / max(len(densities), 1)
+        height = 0.8 / max(len(densities), 1)
+        shades = {d: 1.0 - 0.45 * j / max(len(densities) - 1, 1) for j, d in enumerate(densities)}
         for j, density in enumerate(densities):
             part = dec[dec["density"] == density].set_index("method").reindex(methods)
-            y = np.arange(len(methods)) + (j - (len(densities) - 1) / 2) * width
-            ax_d.barh(y, part["tokens_per_s"].to_numpy(float), height=width * 0.9,
-                      color=[f.color(m) for m in methods], alpha=1.0 if j == 0 else 0.55,
-                      label=f"density {density:g}")
-            f.errorbars(ax_d, part["tokens_per_s"].to_numpy(float), y, 0 * y, 0 * y, "0.2")
+            y = np.arange(len(methods)) + (j - (len(densities) - 1) / 2) * height
+            tps = part["tokens_per_s"].to_numpy(float)
+            lo = part["tokens_per_s_ci95_low"].to_numpy(float)
+            hi = part["tokens_per_s_ci95_high"].to_numpy(float)
+            ax_d.barh(y, tps, height=height * 0.9, color=[f.color(m) for m in methods],
+                      alpha=shades[density])
+            ax_d.errorbar(tps, y, xerr=[np.clip(tps - lo, 0, None), np.clip(hi - tps, 0, None)],
+                          fmt="none", ecolor="0.2", elinewidth=1.0, capsize=2.5)
         ax_d.set_yticks(range(len(methods)), [m.replace("file_", "").replace("_", " ")
                                               for m in methods], fontsize=7)
-        ax_d.set(xlabel="tokens/s (real decode, pools in files)", xscale="log")
-        ax_d.legend(fontsize=6.5)
+        ax_d.set(xlabel="tokens/s (real decode, pools in files)")
+        ax_d.legend(handles=[Patch(facecolor="0.45", alpha=shades[d], label=f"density {d:g}")
+                             for d in densities], fontsize=6.5, loc="lower right")
     r0 = (rows if not rows.empty else dec).iloc[0]
     sub = (f"host {r0['host_id']}, {r0.get('io_mode', '')} reads"
            + ("" if rows.empty else
@@ -203,8 +208,9 @@ def file_sentence(merged: data.Merged) -> str:
         if fr.size:
             text += (f" The speedup is {fmt_ratio(fr.min())}--{fmt_ratio(fr.max())} of the bytes "
                      "ratio: time follows the bytes read"
-                     + (", except where an update is so small that its fixed cost shows"
-                        if fr.min() < 0.8 else "") + ".")
+                     + (", except where an update reads so few records (about one per reader "
+                        "thread) that the latency of one read, not the disk's throughput, sets "
+                        "its time" if fr.min() < 0.8 else "") + ".")
     if not eff.empty and not floor_mbps.empty:
         text += (f" Against the disk's own speed (an independent reader of every active record "
                  f"at the same queue depth, {floor_mbps.min():.0f}--{floor_mbps.max():.0f}~MB/s), "

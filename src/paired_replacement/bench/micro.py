@@ -829,7 +829,8 @@ def _run(args, out: Path, mask_dir: Path, pool_dir: Path, tunings: dict, replays
     results = timing.run_groups(__name__, groups, pyperf_json=pyperf_json,
                                 options=common.timing_options(args), build_dir=args.build_dir,
                                 quiet=args.quiet,
-                                label="micro_trace" if args.pattern == ["trace"] else "micro")
+                                label="micro_trace" if args.pattern == ["trace"] else
+                                "micro_file" if args.tier == ["file"] else "micro")
     rows = []
     for config in configs:
         rows += group_rows(config, results[config["hash"]], meta, tunings[config["threads"]],
