@@ -5,7 +5,6 @@ Without file-tier rows the paper says so; a skipped CUDA tier is said with its r
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from test_bench_micro import bench  # noqa: E402
 def stage(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiers")
     hosts = synthetic.build_hosts(root)
-    env = {**os.environ, "PAIRED_REPLACEMENT_HOST": "alpha"}
-    saved = os.environ.get("PAIRED_REPLACEMENT_HOST")
-    os.environ["PAIRED_REPLACEMENT_HOST"] = "alpha"
-    try:
+    # host alpha, as the pipeline sets it (the micro workers inherit the environment)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAIRED_REPLACEMENT_HOST", "alpha")
         bench("micro", "--tier", "file", "--rows", "256", "--m", "64", "--k", "4", "16",
               "--hidden", "32", "--steps", "4", "--fast", "--quiet", "--queue-depth", "4",
               "--threads", "1", "--out", str(hosts / "alpha" / "micro_file.csv"))
@@ -39,12 +37,6 @@ def stage(tmp_path_factory) -> dict[str, Path]:
                           "--prompt-tokens", "4", "--rounds", "1", "--calib-tokens", "24",
                           "--logit-check-tokens", "0", "--rss-methods", "dense", "file_window",
                           "--quiet"]) == 0
-    finally:
-        if saved is None:
-            os.environ.pop("PAIRED_REPLACEMENT_HOST")
-        else:
-            os.environ["PAIRED_REPLACEMENT_HOST"] = saved
-    del env
     merged = root / "merged"
     assert analysis(["merge", "--hosts-dir", str(hosts), "--out-dir", str(merged),
                      "--skipped-stage", "cuda=no CUDA device on testhost", "--quiet"]) == 0
