@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from paired_replacement import WeightCache
-from paired_replacement.pool_file import (ALIGN, PoolFileError, main, read_header,
-                                          read_pool_file, write_pool_file)
+from paired_replacement.pool_file import (ALIGN, MAX_READ_BYTES, PoolFileError, main,
+                                          read_header, read_pool_file, write_pool_file)
 
 
 def _weights(n=96, h=40, dtype=torch.float32, gate=True, seed=0):
@@ -72,6 +72,93 @@ def test_reads_straight_into_the_packed_slots_where_aligned(tmp_path, hidden, sc
     # (check_invariants' own reads go to scratch rows through the staging record)
     assert tiered.tier_info.scatter_reads == (written if scatter else 0)
     tiered.check_invariants()
+
+
+def _runs(rows, run_records):
+    """Reads a fetch of ``rows`` should take (file_pool.hpp F6), counted independently: the rows
+    in order, split where a row is not the previous one + 1 or a run is full."""
+    runs, last, length = 0, None, 0
+    for r in sorted(int(x) for x in rows):
+        if last is not None and r == last + 1 and length < run_records:
+            length += 1
+        else:
+            runs, length = runs + 1, 1
+        last = r
+    return runs
+
+
+def test_the_read_cap_is_the_cores():
+    from paired_replacement._extension import build_info
+
+    assert int(build_info()["pool_file_max_read_bytes"]) == MAX_READ_BYTES
+
+
+@pytest.mark.parametrize("hidden, scatter", [(1024, True), (1000, False), (8192, True)])
+def test_adjacent_records_are_read_together(tmp_path, hidden, scatter):
+    """Consecutive rows of one fetch are read with one read per run of at most MAX_READ_BYTES
+    (F6): the initial fill of a mask of blocks, a paired update adding a block, and a full
+    rebuild each issue as many reads as there are runs, move exactly the records' bytes, and
+    give the in-memory cache's block bit for bit -- on the direct path into the slots and on the
+    staging path. hidden 8192 fp32 makes a record (96 KiB) larger than half the cap: runs of 1."""
+    n = 256
+    g, u, d = _weights(n=n, h=hidden, seed=7)
+    header = write_pool_file(tmp_path / "p.pool", g, u, d)
+    assert (header.record_bytes == 3 * hidden * 4) == scatter
+    run_records = max(1, MAX_READ_BYTES // header.record_bytes)
+    first = torch.zeros(n, dtype=torch.bool)
+    for a, b in [(3, 40), (41, 42), (100, 101), (130, 150), (255, 256)]:
+        first[a:b] = True
+    second = first.clone()
+    second[3:10] = False  # freed slots for the new rows
+    second[60:66] = True   # a run of 6
+    second[70] = True      # a single row
+    memory = WeightCache(first, hidden, g, u, d, hybrid_tau_frac=2.0)
+    tiered = WeightCache.from_pool_file(tmp_path / "p.pool", first, queue_depth=4)
+    rebuilt = WeightCache.from_pool_file(tmp_path / "p.pool", first, queue_depth=4,
+                                         hybrid_tau_frac=0.0)
+
+    def reads(cache):
+        return cache.tier_info.reads
+
+    assert reads(tiered) == _runs(first.nonzero().squeeze(1), run_records)
+    assert tiered.tier_info.bytes_read == int(first.sum()) * header.record_bytes
+    before = reads(tiered), tiered.tier_info.bytes_read
+    memory.update_active_weights(second)
+    tiered.update_active_weights(second)
+    added = (second & ~first).nonzero().squeeze(1)
+    assert reads(tiered) - before[0] == _runs(added, run_records)
+    assert tiered.tier_info.bytes_read - before[1] == added.numel() * header.record_bytes
+    before = reads(rebuilt)
+    rebuilt.update_active_weights(second)
+    assert reads(rebuilt) - before == _runs(second.nonzero().squeeze(1), run_records)
+    want = dict(zip(memory.active_indices().tolist(), memory.get_concat_weight()))
+    for cache in (tiered, rebuilt):
+        got = dict(zip(cache.active_indices().tolist(), cache.get_concat_weight()))
+        assert got.keys() == want.keys()
+        for row, packed in got.items():
+            assert torch.equal(packed.view(torch.int32), want[row].view(torch.int32)), row
+        down = cache.get_active_down_weight()
+        assert torch.equal(down.view(torch.int32),
+                           d[:, cache.active_indices()].view(torch.int32))
+        cache.check_invariants()
+    if tiered.tier_info.direct_io and scatter:
+        assert tiered.tier_info.scatter_reads > 0
+
+
+def test_a_run_with_a_lost_record_names_that_record(tmp_path):
+    """A run read that comes back short (the file ends inside it) is read again record by
+    record: the error names the first row that is really gone, not the run's first row."""
+    g, u, d = _weights()
+    path = tmp_path / "p.pool"
+    header = write_pool_file(path, g, u, d)
+    cache = WeightCache.from_pool_file(path, torch.zeros(96, dtype=torch.bool))
+    os.truncate(path, header.header_bytes + 45 * header.record_bytes)  # rows >= 45 are gone
+    want = torch.zeros(96, dtype=torch.bool)
+    want[40:50] = True  # one run: 40..44 readable, 45.. not
+    with pytest.raises(RuntimeError, match=r"reading row 45 failed"):
+        cache.update_active_weights(want)
+    assert cache.num_active == 0
+    cache.check_invariants()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -9,7 +9,6 @@ are meaningless but real: every check recomputes them from the per-transition CS
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -42,19 +41,13 @@ def stage(tmp_path_factory) -> dict[str, Path]:
                       "4", "--quiet"]) == 0
     hosts = synthetic.build_hosts(root)
     # the greedy decode of host alpha (host id from the environment, as the pipeline sets it)
-    saved = os.environ.get("PAIRED_REPLACEMENT_HOST")
-    os.environ["PAIRED_REPLACEMENT_HOST"] = "alpha"
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAIRED_REPLACEMENT_HOST", "alpha")
         assert model_cli(["decode", "--tiny", "--out", str(hosts / "alpha" / "decode.csv"),
                           "--densities", "0.25", "0.5", "--window", "4", "--new-tokens", "3",
                           "--prompt-tokens", "4", "--rounds", "2", "--calib-tokens", "24",
                           "--logit-check-tokens", "0", "--rss-methods", "dense", "paired",
                           "--quiet"]) == 0
-    finally:
-        if saved is None:
-            os.environ.pop("PAIRED_REPLACEMENT_HOST")
-        else:
-            os.environ["PAIRED_REPLACEMENT_HOST"] = saved
     merged = root / "merged"
     assert analysis(["merge", "--hosts-dir", str(hosts), "--out-dir", str(merged),
                      "--model-dir", str(out), "--traces-dir", str(traces), "--quiet"]) == 0

@@ -302,14 +302,16 @@ class WeightCache : public torch::CustomClassHolder {
     return c10::make_intrusive<WeightCache>(std::move(cache), dtype, path);
   }
 
-  // ("dram", "", false, 0, 0) for the in-memory pool; ("file", path, direct I/O, queue depth,
-  // bytes read since construction) for a pool file.
-  std::tuple<std::string, std::string, bool, int64_t, int64_t, int64_t> tier_info() const {
+  // ("dram", "", false, 0, 0, 0, 0) for the in-memory pool; ("file", path, direct I/O, queue
+  // depth, bytes read, records read straight into their slots, reads issued -- since
+  // construction) for a pool file.
+  std::tuple<std::string, std::string, bool, int64_t, int64_t, int64_t, int64_t> tier_info() const {
     UseGuard guard(users_, UseGuard::kRead, "tier_info");
     const auto* file = dynamic_cast<const core::FileRowSource*>(cache_.row_source().get());
-    if (file == nullptr) return {"dram", "", false, 0, 0, 0};
+    if (file == nullptr) return {"dram", "", false, 0, 0, 0, 0};
     return {"file", file->path(), file->direct_io(), file->queue_depth(),
-            static_cast<int64_t>(file->bytes_read()), static_cast<int64_t>(file->scatter_reads())};
+            static_cast<int64_t>(file->bytes_read()), static_cast<int64_t>(file->scatter_reads()),
+            static_cast<int64_t>(file->reads())};
   }
 
   void update_active_weights(const at::Tensor& mask) {
@@ -679,7 +681,8 @@ std::string build_info() {
          "unrecorded"
 #endif
          + "\nsimd=" + simd + "\nparallel=" + parallel_backend() +
-         "\nstreaming_min_bytes=" + std::to_string(core::kStreamingMinBytes) + "\n";
+         "\nstreaming_min_bytes=" + std::to_string(core::kStreamingMinBytes) +
+         "\npool_file_max_read_bytes=" + std::to_string(core::kPoolFileMaxReadBytes) + "\n";
 }
 
 }  // namespace

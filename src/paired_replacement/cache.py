@@ -140,6 +140,8 @@ class TierInfo(NamedTuple):
     bytes_read: int  # bytes read from the file since the cache was built
     #: records read straight into their packed slots (no staging copy: file_pool.hpp F5)
     scatter_reads: int = 0
+    #: reads issued; records of consecutive rows are read together (file_pool.hpp F6)
+    reads: int = 0
 
 
 class WeightCache:

@@ -40,6 +40,8 @@ from .quant import SCALE_BYTES, QuantizedWeights, pack_rows, quantize_ffn, unpac
 MAGIC = b"PRPOOL01"
 VERSION = 1
 ALIGN = 4096  # header, records and reads (kPoolFileAlign)
+#: the largest read of adjacent records (kPoolFileMaxReadBytes, file_pool.hpp F6; build_info says)
+MAX_READ_BYTES = 128 * 1024
 _FIELDS = struct.Struct("<8sIIqqqqIIQQQ")  # the 80 bytes the CRC covers; the CRC follows
 DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int8: 5}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
