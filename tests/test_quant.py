@@ -5,6 +5,8 @@ and bad input."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import struct
 import zlib
 
@@ -446,6 +448,17 @@ def test_each_cache_class_refuses_the_other_pool_file(tmp_path):
         WeightCache.from_pool_file(tmp_path / "q.pool", mask)
     with pytest.raises(ValueError, match="f.pool: dtype code 1 is not int8 .*WeightCache"):
         QuantizedWeightCache.from_pool_file(tmp_path / "f.pool", mask)
+
+
+@pytest.mark.parametrize("how", [copy.copy, copy.deepcopy, pickle.dumps])
+def test_copy_deepcopy_and_pickle_are_refused_naming_the_class(how):
+    g, u, d = _weights(n=40, h=16)
+    cache = QuantizedWeightCache(torch.rand(40) < 0.5, 16, g, u, d)
+    before = cache.active_indices().clone()
+    with pytest.raises(TypeError, match="a QuantizedWeightCache cannot be (copied|deep-copied|pickled)"):
+        how(cache)
+    assert torch.equal(cache.active_indices(), before)
+    cache.check_invariants()
 
 
 def _good(n=24, h=8):

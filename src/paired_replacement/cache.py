@@ -144,7 +144,26 @@ class TierInfo(NamedTuple):
     reads: int = 0
 
 
-class WeightCache:
+class SingleOwner:
+    """Refuses copy, deepcopy and pickle with a clear TypeError naming the class: a cache wrapper
+    owns one native cache (a copy would share it, and the two would race), and a pickle could
+    not hold its pools. Subclasses name what to do instead in ``_COPY_HINT``."""
+
+    _COPY_HINT = "build a new one from the weights, or use snapshot() for a copy of the block"
+
+    def __copy__(self) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be copied (two wrappers would share one "
+                        f"cache): {self._COPY_HINT}")
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be deep-copied: {self._COPY_HINT}")
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be pickled: save the weights and the "
+                        "mask instead")
+
+
+class WeightCache(SingleOwner):
     """Packed, differentially updated copy of the active rows of a sparse SwiGLU FFN.
 
     Args:
@@ -328,17 +347,6 @@ class WeightCache:
         It also catches a write into a view: every packed row must equal its pool row.
         """
         self._cache.check_invariants()
-
-    def __copy__(self) -> WeightCache:
-        raise TypeError("a WeightCache cannot be copied (two wrappers would share one cache): "
-                        "build a new one from the weights, or use snapshot() for a copy of the block")
-
-    def __deepcopy__(self, memo: dict) -> WeightCache:
-        raise TypeError("a WeightCache cannot be deep-copied: build a new one from the weights, "
-                        "or use snapshot() for a copy of the block")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a WeightCache cannot be pickled: save the weights and the mask instead")
 
     # ---- settings ----
     @property

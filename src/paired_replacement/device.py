@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from ._extension import load_extension
-from .cache import DTYPES, IndexLike, MaskLike, WeightCache, _as_int, _as_tensor
+from .cache import (DTYPES, IndexLike, MaskLike, SingleOwner, WeightCache, _as_int,
+                    _as_tensor)
 from .reference import UpdateStats
 
 #: hybrid_tau_frac of a DeviceWeightCache unless given: never rebuild (see the module doc)
@@ -110,7 +111,7 @@ def _host_tensor(value: Any) -> Any:
     return value
 
 
-class DeviceWeightCache:
+class DeviceWeightCache(SingleOwner):
     """Packed block of the active rows on ``device``, updated by moving only the changed rows.
 
     Args:
@@ -545,17 +546,6 @@ class DeviceWeightCache:
     @hybrid_tau_frac.setter
     def hybrid_tau_frac(self, value: float) -> None:
         self._bk.hybrid_tau_frac = value
-
-    def __copy__(self) -> DeviceWeightCache:
-        raise TypeError("a DeviceWeightCache cannot be copied: build a new one from the weights, "
-                        "or use snapshot() for a copy of the block")
-
-    def __deepcopy__(self, memo: dict) -> DeviceWeightCache:
-        raise TypeError("a DeviceWeightCache cannot be deep-copied: build a new one from the "
-                        "weights, or use snapshot() for a copy of the block")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a DeviceWeightCache cannot be pickled: save the weights and the mask")
 
     def __repr__(self) -> str:
         return (f"DeviceWeightCache(N={self._rows}, concat_cols={self._cols}, "

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import torch
 
 from ._extension import load_extension
-from .cache import (FILE_TIER_TAU, IndexLike, MaskLike, TierInfo, UpdateWork, WeightCache,
-                    _as_float, _as_int, _as_mask, _as_tensor)
+from .cache import (FILE_TIER_TAU, IndexLike, MaskLike, SingleOwner, TierInfo, UpdateWork,
+                    WeightCache, _as_float, _as_int, _as_mask, _as_tensor)
 from .reference import UpdateStats
 
 #: bytes of the float32 scale stored after each int8 row
@@ -172,7 +172,7 @@ def _byte_rows_of(q: QuantizedWeights) -> tuple[torch.Tensor, torch.Tensor, torc
     return gate, pack_rows(q.up, q.up_scale), down
 
 
-class QuantizedWeightCache:
+class QuantizedWeightCache(SingleOwner):
     """A :class:`~paired_replacement.cache.WeightCache` of int8 rows with per-row float32 scales.
 
     Args:
@@ -196,6 +196,8 @@ class QuantizedWeightCache:
     take new ones after an update that changes ``num_active``). :meth:`ffn` computes the FFN of
     the active rows, dequantising.
     """
+
+    _COPY_HINT = "build a new one from the weights, or copy the views of active_weights()"
 
     def __init__(
         self,
@@ -437,16 +439,6 @@ class QuantizedWeightCache:
     def torch_object(self) -> Any:
         """The underlying ``torch.classes.paired.WeightCache`` (of uint8 byte rows)."""
         return self._cache
-
-    def __copy__(self) -> QuantizedWeightCache:
-        raise TypeError("a QuantizedWeightCache cannot be copied: build a new one from the "
-                        "weights, or copy the views of active_weights()")
-
-    def __deepcopy__(self, memo: dict) -> QuantizedWeightCache:
-        raise TypeError("a QuantizedWeightCache cannot be deep-copied: build a new one")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a QuantizedWeightCache cannot be pickled: save the weights and the mask")
 
     def __repr__(self) -> str:
         tier = self.tier_info
