@@ -114,11 +114,9 @@ def test_micro_speedup_plots_the_speedup_columns_of_each_panels_rows(merged_dir)
     assert panels >= 4  # alpha at two hidden sizes, beta, each vs two baselines
 
 
-def test_micro_time_plots_median_milliseconds_per_thread_count(merged_dir):
-    rows = _micro_selection(merged_dir)
-    rows = rows[rows["method"].isin(figures.TIME_METHODS)]
-    fig = figures.micro_time(data.Merged(merged_dir))
-    panels = 0
+def _thread_panels(fig, rows: pd.DataFrame):
+    """(panel, title, the rows of ``rows`` it names) for every panel of a host x hidden by
+    thread-count grid that draws data."""
     for ax in fig.axes:
         title = ax.get_title()
         match = TITLE_HOST_HIDDEN.match(title)
@@ -126,8 +124,15 @@ def test_micro_time_plots_median_milliseconds_per_thread_count(merged_dir):
         if not match or not threads or not _data_lines(ax):
             continue
         host, hidden, t = match.group(1), int(match.group(2)), int(threads.group(1))
-        want = rows[(rows["host_id"] == host) & (rows["hidden"] == hidden)
-                    & (rows["threads"] == t)]
+        yield ax, title, rows[(rows["host_id"] == host) & (rows["hidden"] == hidden)
+                              & (rows["threads"] == t)]
+
+
+def test_micro_time_plots_median_milliseconds_per_thread_count(merged_dir):
+    rows = _micro_selection(merged_dir)
+    fig = figures.micro_time(data.Merged(merged_dir))
+    panels = 0
+    for ax, title, want in _thread_panels(fig, rows[rows["method"].isin(figures.TIME_METHODS)]):
         x, y = _plotted(ax)
         _same_values(y, want["median_s"] * 1e3, title)  # ms, not s
         bounds = pd.concat([want["ci95_low_s"], want["ci95_high_s"]]) * 1e3
@@ -140,18 +145,10 @@ def test_micro_time_plots_median_milliseconds_per_thread_count(merged_dir):
 
 def test_micro_efficiency_plots_the_efficiency_column(merged_dir):
     rows = _micro_selection(merged_dir)
-    rows = rows[rows["method"].isin(figures.EFFICIENCY_METHODS)]
     fig = figures.micro_efficiency(data.Merged(merged_dir))
     panels = 0
-    for ax in fig.axes:
-        title = ax.get_title()
-        match = TITLE_HOST_HIDDEN.match(title)
-        threads = re.search(r", (\d+) threads?$", title)
-        if not match or not threads or not _data_lines(ax):
-            continue
-        host, hidden, t = match.group(1), int(match.group(2)), int(threads.group(1))
-        want = rows[(rows["host_id"] == host) & (rows["hidden"] == hidden)
-                    & (rows["threads"] == t)]
+    for ax, title, want in _thread_panels(fig,
+                                          rows[rows["method"].isin(figures.EFFICIENCY_METHODS)]):
         _same_values(_plotted(ax)[1], want["efficiency_vs_floor"], title)
         panels += 1
     plt.close(fig)
