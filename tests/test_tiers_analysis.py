@@ -83,6 +83,7 @@ def test_figure_and_sentences_quote_the_merged_rows(stage, tmp_path):
         assert f"{p['speedup_vs_full_reload']:.2f}$\\times$" in text
         assert f"bytes ratio {p['bytes_ratio_vs_full_reload']:.0f}" in text
     assert f"$N = {int(source['N'].iloc[0])}$" in text
+    _check_efficiency_sentence(text, source, [k for k in (4, 16) if not excluded[k]])
     dec = pd.read_csv(stage["hosts"] / "alpha" / "decode.csv")
     sentence = macros["TierDecodeSentence"]
     for method in tiers.FILE_DECODE:
@@ -101,6 +102,54 @@ def test_figure_and_sentences_quote_the_merged_rows(stage, tmp_path):
             "TierPaySentence"]
     else:
         assert "every file-tier ratio was excluded" in macros["TierPaySentence"]
+
+
+def _check_efficiency_sentence(text: str, source: pd.DataFrame, shown: list[int]) -> None:
+    """The efficiency is said against the floor the CSV names for paired (the disk's time for
+    the same records where the update floor was timed by the AIO reader), with its range over
+    the k shown; the big-batch throughput is disk_floor's read_mbps; the latency remark quotes
+    the update floor's time and what that throughput would allow, both from the CSV."""
+    paired = source[source["method"] == "paired"].set_index("k_target")
+    big = source[source["method"] == "disk_floor"]
+    mbps = big["read_mbps"]
+    assert (f"large batch (every active record, read by the same reader) was "
+            f"{mbps.min():.0f}--{mbps.max():.0f}~MB/s") in text
+    if not shown:
+        return
+    eff = paired.loc[shown, "efficiency_vs_floor"]
+    span = f"{eff.min():.2f}--{eff.max():.2f}"
+    floors = set(paired.loc[shown, "floor_method"])
+    assert floors <= {"disk_update_floor", "disk_floor"}
+    if floors == {"disk_update_floor"}:  # the AIO reader timed the update's own records
+        assert set(paired.loc[shown, "floor_engine"]) == {"linux-aio"}
+        assert (f"{span} of the disk's speed for the same records (an independent reader, "
+                "Linux native AIO, of exactly the records each paired update reads, at the same "
+                "queue depth)") in text
+        upd = source[source["method"] == "disk_update_floor"].set_index("k_target")
+        k = min(shown)
+        allows = upd.loc[k, "slow_bytes_read_mean"] / (
+            big.set_index("k_target").loc[k, "read_mbps"] * 1e6)
+        took = upd.loc[k, "median_s"]
+        assert f"At $k = {k}$ the disk took {took * 1e3:.2f}~ms" in text
+        assert f"would allow {allows * 1e3:.2f}~ms" in text
+    elif floors == {"disk_floor"}:  # no AIO here: the big batch's throughput, scaled
+        assert f"{span} of the speed the disk's big-batch throughput allows for its bytes" in text
+    assert ("the goal, at least 0.8 at every $k$, is met" in text) == (eff.min() >= 0.8)
+
+
+def test_efficiency_sentence_names_each_floor(stage):
+    """A run whose paired rows name different floors (an old CSV, or a reader on threads at
+    some k) says which range is against which floor."""
+    merged = data.Merged(stage["merged"])
+    rows = tiers.selection(merged)
+    paired = rows[rows["method"] == "paired"].set_index("k_target").copy()
+    paired["floor_method"] = ["disk_floor", "disk_update_floor"][: len(paired)]
+    paired["efficiency_vs_floor"] = [0.5, 0.97][: len(paired)]
+    paired["floor_engine"] = "linux-aio"
+    text = tiers._efficiency_text(rows, paired, paired["efficiency_vs_floor"])
+    assert ("0.97--0.97 of the disk's speed for the same records at $k = 16$" in text
+            and "0.50--0.50 of the speed the disk's big-batch throughput allows for its bytes "
+            "at $k = 4$" in text and "below the 0.8 goal at $k = 4$" in text), text
 
 
 def test_without_file_tier_rows_the_paper_says_so(stage, tmp_path):

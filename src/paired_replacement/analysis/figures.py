@@ -49,6 +49,7 @@ _STYLE = {
     "no_pack": (10, "d"), "ffn_floor": (15, "H"), "dense": (16, "8"), "bool_mask": (7, "*"),
     "numpy_reference": (12, "o"), "gather": (6, "h"), "paired_window": (1, "s"),
     "paired_window_subset": (19, "D"), "full_reload": (11, "h"), "disk_floor": (13, "<"),
+    "disk_update_floor": (19, ">"),
     "file_reload": (11, "h"), "file_paired": (0, "o"), "file_window_reload": (17, "*"),
     "file_window": (1, "s")}
 METHOD_ORDER = list(_STYLE)

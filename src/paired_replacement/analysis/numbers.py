@@ -155,7 +155,9 @@ macro                               meaning [source rows]
                                     trace, at tile 1 and the largest tile (layers side by side),
                                     with intervals [micro_trace.csv; analysis/trace_micro.py]
 \TierFileSentence                   the file tier: paired vs full reload per k (time, MiB read,
-                                    speedup with interval, bytes ratio), vs the disk floor
+                                    speedup with interval, bytes ratio), efficiency vs the disk's
+                                    time for the same records (disk_update_floor), the disk's
+                                    big-batch throughput (disk_floor's read_mbps)
                                     [micro_file.csv; analysis/tiers.py]
 \TierDecodeSentence                 the real decode with pools in files: tokens/s and MB/token per
                                     file method, window paired vs full reload [decode.csv]

@@ -58,17 +58,32 @@ flash; its methods (``FILE_METHODS``):
                           (a full re-pack from the slow tier; the no-packing FFN, which must read
                           every active row every token, moves the same bytes)
 - ``disk_floor``          every active record of the step's mask (the full reload's bytes), read by
-                          an independent reader (bench.diskread: Python threads, its own O_DIRECT
-                          descriptor) at the same queue depth: the disk's random-read throughput
-                          at that queue depth, measured on a batch large enough that the reader's
-                          own per-call overhead does not count
+                          an independent reader (bench.diskread: Linux native AIO from one
+                          thread, or Python threads where AIO is unavailable; its own O_DIRECT
+                          descriptor; records of consecutive rows read together, as the cache
+                          does) at the same queue depth: the disk's random-read throughput at
+                          that queue depth (a large batch), and the full reload's floor
+- ``disk_update_floor``   exactly the records the paired update reads at each step of the walk
+                          (the rows it writes: replayed once, untimed, on a cache of the same
+                          masks; the correctness gate's bytes per step match the paired
+                          update's), read by the same independent reader at the same queue depth:
+                          the disk's time for the paired update's own records. A batch of a few
+                          records costs about one read latency, which the big-batch throughput
+                          does not show; the AIO engine times it (a few system calls), the thread
+                          engine cannot (its own per-call overhead, ~1 ms, would dominate)
 
-A file-tier row's ``efficiency_vs_floor`` is the time the disk's measured throughput allows for
-the method's bytes (the disk floor's time scaled by the ratio of the bytes) over the method's
-time (>= 0.8 is the goal: within 1.25x of the disk), ``speedup_vs_full_reload``
-its ratio to the full reload next to ``bytes_ratio_vs_full_reload``, ``io_mode`` says whether the
-page cache was bypassed (``direct``) or dropped after each read (``buffered+dontneed``). The
-sequences of the file tier are not lengthened for the LLC (the disk is the slow tier).
+A file-tier row's ``efficiency_vs_floor`` is its floor's time over its own (>= 0.8 is the goal:
+within 1.25x of the disk), the floor being the disk's time for the same records at the same
+queue depth (``floor_of``): ``disk_update_floor`` for ``paired`` and ``paired_indices``,
+``disk_floor`` for ``full_reload``. Where that floor was not measured (or ``disk_update_floor``
+ran on the thread engine) the other is used, its time scaled by the ratio of the bytes (the time
+the disk's throughput allows for the method's bytes: too little for a small update, which waits
+about one read latency whatever the throughput). ``floor_method`` names the floor,
+``floor_engine`` the independent reader's engine (``linux-aio`` or ``threads``); the big-batch
+throughput is ``disk_floor``'s ``read_mbps``. ``speedup_vs_full_reload`` is the ratio to the full
+reload next to ``bytes_ratio_vs_full_reload``, ``io_mode`` says whether the page cache was
+bypassed (``direct``) or dropped after each read (``buffered+dontneed``). The sequences of the
+file tier are not lengthened for the LLC (the disk is the slow tier).
 
 Cache warmth: for uniform/clustered churn the sequence is lengthened until one cycle of the paired
 update touches at least twice the last-level cache in distinct bytes; ``cycle_bytes``, ``llc_bytes``
@@ -101,14 +116,18 @@ REBUILD_METHODS = ("index_select", "rebuild_floor", "bool_mask")
 ALL_METHODS = (*CACHE_METHODS, *DELTA_METHODS, "numpy_reference", *REBUILD_METHODS, *FLOOR_METHODS)
 TIERS = ("dram", "file")
 #: the methods of the file tier (pool in a pool file, packed block in memory)
-FILE_METHODS = ("paired", "paired_indices", "full_reload", "disk_floor")
+FILE_METHODS = ("paired", "paired_indices", "full_reload", "disk_floor", "disk_update_floor")
+#: the file tier's floors: the disk's time for a method's own records read by an independent
+#: reader (disk_update_floor: the paired update's records; disk_floor: all m' active records)
+DISK_FLOORS = {"paired": "disk_update_floor", "paired_indices": "disk_update_floor",
+               "full_reload": "disk_floor"}
 TIER_METHODS = {"dram": ALL_METHODS, "file": FILE_METHODS}
 #: what a method is in the study (the ``role`` column)
 ROLES = {"paired": "headline", "paired_indices": "headline", "paired_control": "control",
          "hybrid": "policy", "torch_delta": "baseline", "torch_delta_indices": "baseline",
          "numpy_reference": "reference", "index_select": "baseline", "rebuild_floor": "floor",
          "bool_mask": "naive", "memcpy_floor": "floor", "memcpy_floor_nt": "floor",
-         "full_reload": "baseline", "disk_floor": "floor"}
+         "full_reload": "baseline", "disk_floor": "floor", "disk_update_floor": "floor"}
 #: baselines every row is compared with, round by round (when measured in the same group)
 SPEEDUP_BASELINES = ("torch_delta", "torch_delta_indices", "index_select", "rebuild_floor",
                      "full_reload")
@@ -336,6 +355,41 @@ class RebuildMethod(Method):
         return int(self.indices[self.current].numel())
 
 
+Plan = list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def replay_paired_writes(cache: WeightCache, seq: torch.Tensor) -> Plan:
+    """Walks ``cache`` (at mask 0, never rebuilding) through one cycle of the walk, untimed;
+    returns per step (target mask, slots written, rows written into them, row order after): a
+    slot is written when it holds another row than before the step (or is new)."""
+    plan: Plan = []
+    order = cache.active_indices()
+    for target in walk(len(seq)):
+        cache.update_active_weights(seq[target])
+        new_order = cache.active_indices()
+        m_old, m_new = order.numel(), new_order.numel()
+        slots = torch.arange(m_new)
+        changed = slots >= m_old
+        common_len = min(m_old, m_new)
+        changed[:common_len] |= new_order[:common_len] != order[:common_len]
+        holes = slots[changed].contiguous()
+        plan.append((target, holes, new_order[holes].contiguous(), new_order))
+        order = new_order
+    return plan
+
+
+def paired_reads(task: dict, seq: torch.Tensor) -> list[tuple[int, list[int]]]:
+    """(target mask, pool rows read) per step of one cycle of the walk for the paired update on
+    the file tier, which reads the record of every row it writes: the rows of
+    :func:`replay_paired_writes`, replayed on a cache of the same masks and settings but one
+    column per row (the slots an update fills depend on the masks, not on the weights)."""
+    n = seq.shape[1]
+    cache = WeightCache(seq[0], 1, None, torch.zeros(n, 1), torch.zeros(1, n),
+                        grain=task["grain"], par_threshold=task["par_threshold"],
+                        hybrid_tau_frac=NEVER_REBUILD_TAU)
+    return [(target, rows.tolist()) for target, _, rows, _ in replay_paired_writes(cache, seq)]
+
+
 class FloorMethod(Method):
     """Copies exactly the (slot, row) pairs the paired update writes at each step, nothing else."""
 
@@ -353,19 +407,8 @@ class FloorMethod(Method):
         m0 = cache.num_active
         self.dst_c[:m0].copy_(cache.get_concat_weight())
         self.dst_d[:m0].copy_(cache.get_active_down_weight().t())
-        self.plan: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.order = order = cache.active_indices()
-        for target in walk(len(self.seq)):
-            cache.update_active_weights(self.seq[target])
-            new_order = cache.active_indices()
-            m_old, m_new = order.numel(), new_order.numel()
-            slots = torch.arange(m_new)
-            changed = slots >= m_old
-            common_len = min(m_old, m_new)
-            changed[:common_len] |= new_order[:common_len] != order[:common_len]
-            holes = slots[changed].contiguous()
-            self.plan.append((target, holes, new_order[holes].contiguous(), new_order))
-            order = new_order
+        self.order = cache.active_indices()
+        self.plan = replay_paired_writes(cache, self.seq)
         del cache
         self.position = 0
 
@@ -389,17 +432,20 @@ class FloorMethod(Method):
 
 class DiskFloorMethod(Method):
     """Reads every active record of the step's mask with bench.diskread's independent reader at
-    the same queue depth: the disk's throughput on a large batch of random records (a batch of
-    the paired update's W records would measure the Python reader's per-call overhead instead)."""
+    the same queue depth (consecutive ones together, as the cache reads them): the disk's
+    throughput on a large batch of random records, and the full reload's floor (the same
+    reads)."""
 
     def __init__(self, task, shared) -> None:
         super().__init__(task, shared)
         self.reader = diskread.RecordReader(task["pool_path"], task["queue_depth"])
         self.rows = [s.nonzero().squeeze(1).tolist() for s in self.seq]
+        # the reads of each mask, planned untimed (runs of consecutive rows, as the cache reads)
+        self.reads = [self.reader.plan(rows) for rows in self.rows]
         self.last_rows, self.last_bytes = 0, 0
 
     def step(self, i: int) -> None:
-        self.last_bytes = self.reader.read(self.rows[i])
+        self.last_bytes = self.reader.read_runs(self.reads[i])
         self.last_rows = len(self.rows[i])
         self.current = i
 
@@ -414,6 +460,36 @@ class DiskFloorMethod(Method):
 
     def io_mode(self) -> str:
         return self.reader.io_mode
+
+    def reader_engine(self) -> str:
+        return self.reader.engine
+
+
+class DiskUpdateFloorMethod(DiskFloorMethod):
+    """Reads exactly the records the paired update reads at each step of the walk (the rows it
+    writes, :func:`paired_reads`; consecutive ones together, as the cache reads them) with
+    bench.diskread's independent reader at the same queue depth: the time the disk takes for the
+    paired update's own records. A batch this small is timed by the reader's native AIO engine;
+    its thread engine would time its own per-call overhead instead, and the paired rows then
+    take ``disk_floor`` as their floor (:func:`floor_of`)."""
+
+    def __init__(self, task, shared) -> None:
+        Method.__init__(self, task, shared)
+        self.reader = diskread.RecordReader(task["pool_path"], task["queue_depth"])
+        self.plan = [(target, len(rows), self.reader.plan(rows))
+                     for target, rows in paired_reads(task, self.seq)]
+        self.last_rows, self.last_bytes = 0, 0
+        self.position = 0
+
+    def step(self, i: int) -> None:
+        target, rows, reads = self.plan[self.position]
+        if target != i:
+            raise RuntimeError(f"disk update floor: step to mask {i}, but the walk goes to "
+                               f"{target}")
+        self.last_bytes = self.reader.read_runs(reads)
+        self.last_rows = rows
+        self.position = (self.position + 1) % len(self.plan)
+        self.current = i
 
 
 METHODS: dict[str, Callable[[dict, Shared], Method]] = {
@@ -431,6 +507,7 @@ METHODS: dict[str, Callable[[dict, Shared], Method]] = {
     "memcpy_floor_nt": lambda t, s: FloorMethod(t, s, streaming=True),
     "full_reload": lambda t, s: CacheMethod(t, s, tau=0.0),
     "disk_floor": lambda t, s: DiskFloorMethod(t, s),
+    "disk_update_floor": lambda t, s: DiskUpdateFloorMethod(t, s),
 }
 
 
@@ -458,14 +535,23 @@ class MicroGroup:
         rows, read = {}, {}
         for name, method in self.methods.items():
             rows[name], read[name] = check_method(name, method, self.shared)
+        for name in ("paired", "paired_indices"):  # the update floor reads the paired records
+            if name in read and "disk_update_floor" in read \
+                    and read[name] != read["disk_update_floor"]:
+                raise common.CorrectnessError(
+                    f"disk_update_floor read {read['disk_update_floor']} bytes per step of the "
+                    f"walk, {name} {read[name]}: the floor does not read the update's records")
         modes = {getattr(m, "io_mode", lambda: "memory")() for m in self.methods.values()}
-        self.info = {"rows_written": rows, "bytes_read": read, "io_mode": "/".join(sorted(modes))}
+        engines = {name: m.reader_engine() for name, m in self.methods.items()
+                   if hasattr(m, "reader_engine")}
+        self.info = {"rows_written": rows, "bytes_read": read, "io_mode": "/".join(sorted(modes)),
+                     "reader_engine": engines}
 
 
 def check_method(name: str, method: Method, shared: Shared) -> tuple[list[int], list[int]]:
     """Walks ``method`` through one whole cycle from its current mask (0), checking each step;
     returns the rows written and the bytes read from the slow tier per step. Raises
-    common.CorrectnessError. A method without a packed block (the disk floor) is only walked."""
+    common.CorrectnessError. A method without a packed block (the disk floors) is only walked."""
     targets = walk(len(shared.seq))
     every = max(1, len(targets) // EXHAUSTIVE_CHECKS_PER_CYCLE)
     written, read = [], []
@@ -540,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(FILE_METHODS)} apply)")
     p.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH,
                    help="file tier: reads in flight (the cache's reader threads and the disk "
-                        "floor's)")
+                        "floors' requests)")
     p.add_argument("--pool-dir", default=None,
                    help="file tier: where the pool files are written (default: next to --out, "
                         "<out>.pools/); deleted after the run unless --keep-pools")
@@ -682,10 +768,23 @@ def load_replays(p: argparse.ArgumentParser, args: argparse.Namespace):
     return replays
 
 
-def floor_of(method: str, results: dict, tier: str = "dram") -> str | None:
-    """The floor method whose time bounds ``method``'s from below, if measured in the group."""
+def floor_of(method: str, results: dict, tier: str = "dram",
+             engines: dict[str, str] | None = None) -> str | None:
+    """The floor method whose time bounds ``method``'s from below, if measured in the group.
+
+    File tier: the independent reader's time for the same records (``DISK_FLOORS``: paired and
+    paired_indices -> disk_update_floor, full_reload -> disk_floor); where that one was not
+    measured, the other (its time scaled by the bytes in :func:`group_rows`). A
+    disk_update_floor read by the thread engine (``engines``: the group's reader engines) timed
+    the reader's per-call overhead, not the disk, and is no floor. The floors have none."""
     if tier == "file":
-        return "disk_floor" if "disk_floor" in results and method != "disk_floor" else None
+        own = DISK_FLOORS.get(method)
+        if own is None:
+            return None
+        usable = [f for f in (own, *(f for f in DISK_FLOORS.values() if f != own))
+                  if f in results and not (f == "disk_update_floor"
+                                           and (engines or {}).get(f) == diskread.THREADS)]
+        return usable[0] if usable else None
     if method in REBUILD_METHODS:
         return "rebuild_floor" if "rebuild_floor" in results else None
     floors = {f: np.median(np.concatenate([np.asarray(v) for v in results[f].values]))
@@ -703,6 +802,7 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
     tier = config.get("tier", "dram")
     row_bytes = config["row_bytes"]
     load_columns = load.combine(result.load)
+    engines = result.info.get("reader_engine", {})
     rows = []
     for method in methods:
         s = stats.summary(values[method], seed=seed)
@@ -714,11 +814,12 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
                 if base in values else None
             speedups.update(stats.ratio_columns(f"speedup_vs_{base}", ratio))
         read_mean = float(np.mean(read[method])) if read.get(method) else 0.0
-        floor = floor_of(method, methods, tier)
+        floor = floor_of(method, methods, tier, engines)
         efficiency = stats.ratio_interval(values[floor], values[method], seed=seed) \
             if floor and rows_written else None
         if efficiency is not None and tier == "file":
-            # the disk floor's time for its bytes, scaled to this method's bytes
+            # the floor's time for its bytes, scaled to this method's bytes (1 when the floor
+            # read the same records: disk_update_floor for paired, disk_floor for full_reload)
             floor_read = float(np.mean(read[floor])) if read.get(floor) else 0.0
             scale = read_mean / floor_read if floor_read else math.nan
             efficiency = tuple(x * scale for x in efficiency)
@@ -746,6 +847,8 @@ def group_rows(config: dict, result: timing.GroupResult, meta: dict, tuning: com
             "gbps": bytes_moved / s["median_s"] / 1e9,
             **speedups,
             "floor_method": floor or "none",
+            "floor_engine": engines.get(method if method in DISK_FLOORS.values() else floor, "")
+            if tier == "file" else "",
             **stats.ratio_columns("efficiency_vs_floor", efficiency),
             "plausible": plausible,
             **stats.ratio_columns("control_ratio", control),
@@ -876,18 +979,22 @@ def print_goals(rows: list[dict]) -> None:
     file_rows = [r for r in rows if r["tier"] == "file" and r["method"] == "paired"]
     if file_rows:
         print("\nfile tier: threads k      paired ms   MB read  MB/s    vs full_reload "
-              "(>= 0.8 x bytes ratio)   vs disk floor (>= 0.8)   io")
+              "(>= 0.8 x bytes ratio)   vs its floor (>= 0.8) [floor, reader]          "
+              "disk MB/s   io")
     for r in file_rows:
         sp, ratio = r["speedup_vs_full_reload"], r["bytes_ratio_vs_full_reload"]
         eff = r["efficiency_vs_floor"]
         sp_ok = math.isnan(sp) or math.isnan(ratio) or sp >= 0.8 * ratio
         eff_ok = math.isnan(eff) or eff >= 0.8
+        big = by.get((r["config_hash"], "disk_floor"))  # the disk's big-batch throughput
+        floor = f"[{r['floor_method']}, {r['floor_engine'] or '-'}]"
         print(f"           {r['threads']:<7} {r['k_target']:<6} {r['median_s'] * 1e3:9.2f} "
               f"{r['slow_bytes_read_mean'] / 1e6:8.1f} {r['read_mbps']:6.0f}  {sp:7.2f} "
               f"[{r['speedup_vs_full_reload_ci95_low']:.2f}, "
               f"{r['speedup_vs_full_reload_ci95_high']:.2f}] (bytes {ratio:6.1f}) "
-              f"{'ok' if sp_ok else 'MISS':<4}   {eff:6.2f} {'ok' if eff_ok else 'MISS':<4}"
-              f"          {r['io_mode']} qd {r['queue_depth']}  [N={r['N']}, m={r['m']}, "
+              f"{'ok' if sp_ok else 'MISS':<4}   {eff:6.2f} {'ok' if eff_ok else 'MISS':<4} "
+              f"{floor:<32} {big['read_mbps'] if big else math.nan:7.0f}     "
+              f"{r['io_mode']} qd {r['queue_depth']}  [N={r['N']}, m={r['m']}, "
               f"hidden={r['hidden']}, {r['dtype']}]")
     sys.stdout.flush()
 
