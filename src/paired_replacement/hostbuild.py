@@ -6,7 +6,8 @@ The pipeline's per-host build rule calls this (``paired-replacement-build --out 
 
 ``manifest.json`` records what a result was measured with: host, CPU, compiler, flags, torch
 version and a hash of the sources. A folder whose manifest already matches (same sources, flags,
-compiler and torch) is reused, so re-running the rule is cheap.
+compiler and torch) is reused, so re-running the rule is cheap. A rebuild removes the old
+manifest before compiling, so a failed one leaves a folder that ``load_extension`` refuses.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ LIBRARY_NAME = "paired_replacement_ops"
 # Sources are looked up next to the installed package first (editable install: the repository).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["csrc/binding/weight_cache_torch.cpp"]
-HEADERS = ["csrc/paired_replacement/weight_cache.hpp", "csrc/paired_replacement/row_ffn.hpp"]
+HEADERS = ["csrc/paired_replacement/weight_cache.hpp", "csrc/paired_replacement/row_ffn.hpp",
+           "csrc/paired_replacement/file_pool.hpp"]
+# Every header in here is hashed, listed in HEADERS or not, so that a header the binding starts
+# to include cannot change the library without changing the hash.
+HEADER_DIR = "csrc/paired_replacement"
+HEADER_SUFFIXES = {".h", ".hh", ".hpp", ".hxx", ".inl", ".ipp"}
 BASE_FLAGS = ["-O3", "-DNDEBUG"]
 
 
@@ -57,9 +63,17 @@ def source_root() -> Path:
     return root
 
 
+def hashed_files(root: Path) -> list[str]:
+    """The files whose contents decide whether a build is current: SOURCES, HEADERS and every
+    header under HEADER_DIR, as sorted paths relative to ``root``."""
+    found = {p.relative_to(root).as_posix() for p in (root / HEADER_DIR).rglob("*")
+             if p.is_file() and p.suffix in HEADER_SUFFIXES}
+    return sorted({*SOURCES, *HEADERS, *found})
+
+
 def source_hash(root: Path) -> str:
     digest = hashlib.sha256()
-    for rel in sorted(SOURCES + HEADERS):
+    for rel in hashed_files(root):
         digest.update(rel.encode())
         digest.update((root / rel).read_bytes())
     return digest.hexdigest()
@@ -88,6 +102,9 @@ def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = Fa
         if all(old.get(k) == v for k, v in wanted.items()) and (out_dir / old["library"]).is_file():
             return old
 
+    # From here on the folder holds no current build: without its manifest a failed compile
+    # cannot leave the previous library looking like the build of the sources just changed.
+    manifest_path.unlink(missing_ok=True)
     work = out_dir / "ninja"
     if work.exists():
         shutil.rmtree(work)
@@ -110,7 +127,10 @@ def build(out_dir: str | os.PathLike, *, generic: bool = False, force: bool = Fa
         )
     seconds = time.perf_counter() - t0
     library = f"{LIBRARY_NAME}.so"
-    shutil.copy2(work / library, out_dir / library)
+    # a new file renamed over the old: a process that has the old library mapped keeps its inode
+    staged = out_dir / f".{library}.new"
+    shutil.copy2(work / library, staged)
+    os.replace(staged, out_dir / library)
     manifest = {
         **wanted,
         "library": library,

@@ -2,8 +2,8 @@
 # results/hosts/{host}/build/ with a manifest; every benchmark of the host uses this build.
 # The C++ sources are inputs (an edit rebuilds, and re-runs the benchmarks); they are compiled
 # from the working tree (PAIRED_REPLACEMENT_SOURCE_ROOT), the same files as the inputs. The
-# library is an output; build/ninja/ is not: it is the compiler's cache, kept across re-runs so
-# that a rebuild recompiles only what changed.
+# library is an output; build/ninja/ is not: the compiler's scratch folder, made afresh by each
+# rebuild (hostbuild), so nothing of a previous compile can leak into the new library.
 
 
 rule build:
@@ -11,6 +11,7 @@ rule build:
         binding="csrc/binding/weight_cache_torch.cpp",
         core="csrc/paired_replacement/weight_cache.hpp",
         row_ffn="csrc/paired_replacement/row_ffn.hpp",
+        file_pool="csrc/paired_replacement/file_pool.hpp",
         flags="src/paired_replacement/_buildflags.py",
     output:
         manifest="results/hosts/{host}/build/manifest.json",

@@ -340,6 +340,11 @@ class Tuning:
                 "hybrid_tau_frac": self.hybrid_tau_frac, "tuning_source": self.source}
 
 
+#: what an autotune JSON's host must share with this one to be used here: the tuning of another
+#: machine (or another architecture, CPU or core count) does not carry over
+FINGERPRINT_FIELDS = ("host_id", "cpu_model", "logical_cpus", "machine")
+
+
 def load_autotune(path: str | Path, shape: dict | None = None, threads: int | None = None) -> Tuning:
     """The winning settings of an autotune JSON made on this host, for ``threads`` torch threads.
 
@@ -361,7 +366,7 @@ def load_autotune(path: str | Path, shape: dict | None = None, threads: int | No
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AutotuneError(f"{path}: not a usable autotune JSON ({exc})") from exc
     here = hostinfo.fingerprint()
-    mismatched = [k for k in ("host_id", "cpu_model", "logical_cpus") if host.get(k) != here[k]]
+    mismatched = [k for k in FINGERPRINT_FIELDS if host.get(k) != here.get(k)]
     if mismatched:
         detail = ", ".join(f"{k}: {host.get(k)!r} there, {here[k]!r} here" for k in mismatched)
         raise AutotuneError(f"{path} was tuned on another host ({detail}); tune this host with "
