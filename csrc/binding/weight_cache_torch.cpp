@@ -530,16 +530,23 @@ void copy_rows(at::Tensor dst, const at::Tensor& dst_rows, const at::Tensor& src
   check_strided(src, "src");
   check_cpu(dst, "dst");
   check_cpu(src, "src");
-  TORCH_CHECK_VALUE(dst.dim() == 2 && src.dim() == 2 && dst.size(1) == src.size(1),
-                    "dst and src must be 2-D with the same number of columns");
-  TORCH_CHECK_TYPE(dst.scalar_type() == src.scalar_type(), "dst and src must share a dtype");
-  TORCH_CHECK_VALUE(dst.stride(1) == 1 && src.stride(1) == 1, "dst and src rows must be contiguous");
-  TORCH_CHECK_VALUE(dst_rows.numel() == src_rows.numel(), "dst_rows and src_rows differ in length");
+  TORCH_CHECK_VALUE(dst.dim() == 2, "dst must be 2-D, got ", dst.dim(), "-D");
+  TORCH_CHECK_VALUE(src.dim() == 2, "src must be 2-D, got ", src.dim(), "-D");
+  TORCH_CHECK_VALUE(dst.size(1) == src.size(1), "dst and src must have the same number of columns "
+                    "(dst ", dst.sizes(), ", src ", src.sizes(), ")");
+  TORCH_CHECK_TYPE(dst.scalar_type() == src.scalar_type(), "dst and src must share a dtype (dst ",
+                   dst.scalar_type(), ", src ", src.scalar_type(), ")");
+  TORCH_CHECK_VALUE(dst.stride(1) == 1, "dst rows must be contiguous (column stride ", dst.stride(1), ")");
+  TORCH_CHECK_VALUE(src.stride(1) == 1, "src rows must be contiguous (column stride ", src.stride(1), ")");
+  TORCH_CHECK_VALUE(dst_rows.numel() == src_rows.numel(), "dst_rows and src_rows differ in length (",
+                    dst_rows.numel(), " and ", src_rows.numel(), ")");
   const auto* di = dst_rows.data_ptr<int64_t>();
   const auto* si = src_rows.data_ptr<int64_t>();
   for (int64_t i = 0; i < dst_rows.numel(); ++i) {
-    TORCH_CHECK_INDEX(di[i] >= 0 && di[i] < dst.size(0), "dst_rows[", i, "] out of range");
-    TORCH_CHECK_INDEX(si[i] >= 0 && si[i] < src.size(0), "src_rows[", i, "] out of range");
+    TORCH_CHECK_INDEX(di[i] >= 0 && di[i] < dst.size(0), "dst_rows[", i, "] = ", di[i],
+                      " out of range [0, ", dst.size(0), ")");
+    TORCH_CHECK_INDEX(si[i] >= 0 && si[i] < src.size(0), "src_rows[", i, "] = ", si[i],
+                      " out of range [0, ", src.size(0), ")");
   }
   const size_t es = dst.element_size();
   const size_t row_bytes = static_cast<size_t>(dst.size(1)) * es;
