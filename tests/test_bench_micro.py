@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from paired_replacement.bench import autotune, common, hostinfo, masks, micro
+from paired_replacement.bench import autotune, common, hostinfo, masks, micro, timing
 
 TINY = ["--rows", "256", "--m", "64", "--hidden", "32", "--steps", "4", "--warm", "--fast",
         "--quiet"]
@@ -311,6 +311,53 @@ def tuned(tmp_path_factory):
     bench("autotune", *AUTOTUNE, "--threads", "1", "2", "--out", str(out),
           "--csv", str(folder / "autotune.csv"))
     return folder, json.loads(out.read_text())
+
+
+def test_autotune_follows_the_timings_of_the_interleaved_harness(tmp_path, monkeypatch):
+    """A spy in place of timing.run_groups: autotune must time every candidate of a thread count
+    in one interleaved group (tuning masks), then the winner against the defaults (held-out
+    masks), and take the winner and the held-out gain from those timings, not from anywhere else.
+    The spy makes the candidate with the largest grain the fastest (the defaults would win any
+    real tie) and the winner 2x faster than the defaults on held-out masks."""
+    calls = []
+    updates = len(micro.walk(3 + 1))
+
+    def spy(module, groups, **kw):
+        calls.append((module, kw["label"], groups))
+        out = {}
+        for g in groups:
+            result = timing.GroupResult(g["name"])
+            for c in g["candidates"]:
+                if c["name"] in ("winner", "default"):
+                    per_update = 1e-4 if c["name"] == "winner" else 2e-4
+                else:
+                    per_update = 1e-3 / c["grain"] + 1e-6 * c["hybrid_tau_frac"]
+                rng = np.random.default_rng(len(out))
+                result.methods[c["name"]] = timing.MethodValues(
+                    loops=[1, 1], values=[list(per_update * updates
+                                               * (1 + 0.01 * rng.random(6))) for _ in range(2)])
+            out[g["name"]] = result
+        return out
+
+    monkeypatch.setattr(autotune.timing, "run_groups", spy)
+    out = tmp_path / "autotune.json"
+    assert autotune.main([*AUTOTUNE, "--threads", "2", "--out", str(out)]) == 0
+    assert [(m, label) for m, label, _ in calls] == \
+        [(autotune.__name__, "autotune"), (autotune.__name__, "autotune held-out")]
+    (tune_group,), (held_group,) = calls[0][2], calls[1][2]
+    names = {c["name"] for c in tune_group["candidates"]}
+    assert len(names) == 2 * 1 * 2  # grains x par_thresholds x taus, all in one group
+    assert {c["name"] for c in held_group["candidates"]} == {"winner", "default"}
+    assert tune_group["masks_path"] != held_group["masks_path"]  # held out: other masks
+    result = json.loads(out.read_text())
+    winner = result["winners"]["2"]
+    assert (winner["grain"], winner["hybrid_tau_frac"]) == (64, 0.5)  # the spy's fastest
+    assert winner["median_s"] == pytest.approx(1e-3 / 64 + 0.5e-6, rel=0.02)
+    held = result["held_out"]["2"]
+    assert held["gain_vs_default"] == pytest.approx(2.0, rel=0.02)
+    assert not held["within_noise"]
+    win = next(c for c in held_group["candidates"] if c["name"] == "winner")
+    assert (win["grain"], win["hybrid_tau_frac"]) == (64, 0.5)
 
 
 def test_autotune_searches_only_knobs_that_change_what_runs(tuned):
