@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 
 import pytest
+
+from conftest import GXX, needs_gxx  # tests/ is on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEADER = "paired_replacement/weight_cache.hpp"
@@ -27,8 +28,6 @@ ROW_FFN_HEADER = "paired_replacement/row_ffn.hpp"
 FILE_POOL_HEADER = "paired_replacement/file_pool.hpp"
 SELFTEST = "csrc/tests/core_selftest.cpp"
 
-GXX = shutil.which("g++")
-needs_gxx = pytest.mark.skipif(GXX is None, reason="no g++ on PATH: cannot build the C++ core tests")
 
 
 def _clean_env() -> dict[str, str]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from paired_replacement import PairedCache, WeightCache, load_extension
+from conftest import padded_ld  # tests/ is on sys.path
 
 load_extension()
 
@@ -61,13 +62,6 @@ def swap_some(cache, rng, k):
     mask[act[:k]] = False
     mask[ina[:k]] = True
     return torch.from_numpy(mask)
-
-
-def padded_ld(cols, es):
-    nbytes = cols * es
-    if nbytes >= 512:
-        nbytes = (nbytes + 63) // 64 * 64
-    return nbytes // es
 
 
 # --------------------------------------------------------------------------------------------

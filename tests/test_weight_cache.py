@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from paired_replacement import PairedCache, WeightCache, load_extension
+from conftest import padded_ld  # tests/ is on sys.path
 
 load_extension()
 
@@ -240,14 +241,6 @@ class World:
         y_packed = h_packed @ dw64.T
         y_dense = (h_dense * keep) @ down64.T
         torch.testing.assert_close(y_packed, y_dense, rtol=1e-10, atol=1e-10)
-
-
-def padded_ld(cols: int, es: int) -> int:
-    """Row stride in elements: rows >= 512 bytes are rounded up to a multiple of 64 bytes."""
-    nbytes = cols * es
-    if nbytes >= 512:
-        nbytes = (nbytes + 63) // 64 * 64
-    return nbytes // es
 
 
 # --------------------------------------------------------------------------------------------
