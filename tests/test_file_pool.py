@@ -17,6 +17,28 @@ from paired_replacement.pool_file import (ALIGN, MAX_READ_BYTES, PoolFileError, 
                                           read_header, read_pool_file, write_pool_file)
 
 
+ENGINES = ("aio", "threads")  # file_pool.hpp F7: the same reads from either engine
+AIO = "linux-aio"
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, monkeypatch):
+    """Each test that takes it runs once per read engine (PAIRED_REPLACEMENT_IO_ENGINE); the
+    AIO run is skipped where this kernel has no native AIO."""
+    if request.param == "aio" and not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO needs Linux")
+    monkeypatch.setenv("PAIRED_REPLACEMENT_IO_ENGINE", request.param)
+    return request.param
+
+
+def _check_engine(cache, engine):
+    info = cache.tier_info
+    if engine == "threads":
+        assert info.io_engine == "threads"
+    else:
+        assert info.io_engine == AIO
+
+
 def _weights(n=96, h=40, dtype=torch.float32, gate=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     g = torch.randn(n, h, generator=gen).to(dtype) if gate else None
@@ -47,7 +69,7 @@ def test_pool_file_round_trip_is_bit_exact(tmp_path, dtype, gate):
 
 
 @pytest.mark.parametrize("hidden, scatter", [(1024, True), (1000, False)])
-def test_reads_straight_into_the_packed_slots_where_aligned(tmp_path, hidden, scatter):
+def test_reads_straight_into_the_packed_slots_where_aligned(tmp_path, engine, hidden, scatter):
     """Rows of 4 KiB multiples (hidden 1024 fp32: gate|up 8 KiB, down 4 KiB, no record padding)
     are read straight into their packed slots, no staging copy (file_pool.hpp F5); hidden 1000
     goes through the staging record. Both give the in-memory cache's block bit for bit."""
@@ -58,6 +80,7 @@ def test_reads_straight_into_the_packed_slots_where_aligned(tmp_path, hidden, sc
     masks = _masks(n, 6, seed=5)
     memory = WeightCache(masks[0], hidden, g, u, d, hybrid_tau_frac=2.0)
     tiered = WeightCache.from_pool_file(tmp_path / "p.pool", masks[0], queue_depth=3)
+    _check_engine(tiered, engine)
     if not tiered.tier_info.direct_io:
         pytest.skip("this file system refuses O_DIRECT: no direct scatter reads")
     written = int(masks[0].sum())  # the initial fill
@@ -94,7 +117,7 @@ def test_the_read_cap_is_the_cores():
 
 
 @pytest.mark.parametrize("hidden, scatter", [(1024, True), (1000, False), (8192, True)])
-def test_adjacent_records_are_read_together(tmp_path, hidden, scatter):
+def test_adjacent_records_are_read_together(tmp_path, engine, hidden, scatter):
     """Consecutive rows of one fetch are read with one read per run of at most MAX_READ_BYTES
     (F6): the initial fill of a mask of blocks, a paired update adding a block, and a full
     rebuild each issue as many reads as there are runs, move exactly the records' bytes, and
@@ -116,6 +139,8 @@ def test_adjacent_records_are_read_together(tmp_path, hidden, scatter):
     tiered = WeightCache.from_pool_file(tmp_path / "p.pool", first, queue_depth=4)
     rebuilt = WeightCache.from_pool_file(tmp_path / "p.pool", first, queue_depth=4,
                                          hybrid_tau_frac=0.0)
+    _check_engine(tiered, engine)
+    _check_engine(rebuilt, engine)
 
     def reads(cache):
         return cache.tier_info.reads
@@ -145,13 +170,14 @@ def test_adjacent_records_are_read_together(tmp_path, hidden, scatter):
         assert tiered.tier_info.scatter_reads > 0
 
 
-def test_a_run_with_a_lost_record_names_that_record(tmp_path):
+def test_a_run_with_a_lost_record_names_that_record(tmp_path, engine):
     """A run read that comes back short (the file ends inside it) is read again record by
     record: the error names the first row that is really gone, not the run's first row."""
     g, u, d = _weights()
     path = tmp_path / "p.pool"
     header = write_pool_file(path, g, u, d)
     cache = WeightCache.from_pool_file(path, torch.zeros(96, dtype=torch.bool))
+    _check_engine(cache, engine)
     os.truncate(path, header.header_bytes + 45 * header.record_bytes)  # rows >= 45 are gone
     want = torch.zeros(96, dtype=torch.bool)
     want[40:50] = True  # one run: 40..44 readable, 45.. not
@@ -164,7 +190,7 @@ def test_a_run_with_a_lost_record_names_that_record(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gate", [True, False])
 @pytest.mark.parametrize("tau", [2.0, 0.5, 0.0])
-def test_file_cache_equals_the_in_memory_cache(tmp_path, dtype, gate, tau):
+def test_file_cache_equals_the_in_memory_cache(tmp_path, engine, dtype, gate, tau):
     """Same bookkeeping, rows from the file: after every update the packed rows, their order,
     the stats equal the in-memory cache's, and the bytes read are exactly the records of the rows
     written."""
@@ -174,6 +200,7 @@ def test_file_cache_equals_the_in_memory_cache(tmp_path, dtype, gate, tau):
     memory = WeightCache(masks[0], 48, g, u, d, hybrid_tau_frac=tau)
     tiered = WeightCache.from_pool_file(tmp_path / "p.pool", masks[0], hybrid_tau_frac=tau,
                                         queue_depth=4)
+    _check_engine(tiered, engine)
     info = tiered.tier_info
     assert info.tier == "file" and info.path == str(tmp_path / "p.pool") and info.queue_depth == 4
     assert info.bytes_read == int(masks[0].sum()) * header.record_bytes
@@ -286,7 +313,23 @@ def test_damaged_pool_files_are_named(tmp_path):
     assert not (tmp_path / "bad.pool").exists()
 
 
-def test_a_read_error_resets_the_cache_and_a_later_update_recovers(tmp_path):
+def test_the_engine_variable_is_checked_and_the_default_is_aio_on_linux(tmp_path, monkeypatch):
+    g, u, d = _weights()
+    write_pool_file(tmp_path / "p.pool", g, u, d)
+    mask = torch.zeros(96, dtype=torch.bool)
+    monkeypatch.setenv("PAIRED_REPLACEMENT_IO_ENGINE", "uring")
+    with pytest.raises(ValueError, match="PAIRED_REPLACEMENT_IO_ENGINE must be auto, threads or "
+                                         "aio, got 'uring'"):
+        WeightCache.from_pool_file(tmp_path / "p.pool", mask)
+    monkeypatch.delenv("PAIRED_REPLACEMENT_IO_ENGINE")
+    cache = WeightCache.from_pool_file(tmp_path / "p.pool", mask)
+    if sys.platform.startswith("linux") and cache.tier_info.direct_io:
+        assert cache.tier_info.io_engine == AIO
+    else:
+        assert cache.tier_info.io_engine == "threads"
+
+
+def test_a_read_error_resets_the_cache_and_a_later_update_recovers(tmp_path, engine):
     """The file shrinks under an open cache: the update that needs a lost record raises naming
     the file and the row, the cache is left with no active row (valid), and once the file is
     whole again the same update succeeds."""
@@ -297,6 +340,7 @@ def test_a_read_error_resets_the_cache_and_a_later_update_recovers(tmp_path):
     first = torch.zeros(96, dtype=torch.bool)
     first[:10] = True
     cache = WeightCache.from_pool_file(path, first)
+    _check_engine(cache, engine)
     header = read_header(path)
     os.truncate(path, header.header_bytes + 50 * header.record_bytes)  # rows >= 50 are gone
     want = first.clone()

@@ -283,7 +283,10 @@ class WeightCache : public torch::CustomClassHolder {
     TORCH_CHECK_VALUE(queue_depth >= 1 && queue_depth <= 1024,
                       "queue_depth must be in [1, 1024], got ", queue_depth);
     auto source = translate_errors(
-        [&] { return std::make_shared<core::FileRowSource>(path, static_cast<int>(queue_depth)); });
+        [&] {
+          return std::make_shared<core::FileRowSource>(path, static_cast<int>(queue_depth),
+                                                       core::io_engine_from_environment());
+        });
     const std::uint32_t code = source->info().dtype_code;
     if (int8_rows)
       TORCH_CHECK_VALUE(code == core::kPoolFileInt8RowScaled, "pool file ", path, ": dtype code ",
@@ -302,16 +305,17 @@ class WeightCache : public torch::CustomClassHolder {
     return c10::make_intrusive<WeightCache>(std::move(cache), dtype, path);
   }
 
-  // ("dram", "", false, 0, 0, 0, 0) for the in-memory pool; ("file", path, direct I/O, queue
+  // ("dram", "", false, 0, 0, 0, 0, "") for the in-memory pool; ("file", path, direct I/O, queue
   // depth, bytes read, records read straight into their slots, reads issued -- since
-  // construction) for a pool file.
-  std::tuple<std::string, std::string, bool, int64_t, int64_t, int64_t, int64_t> tier_info() const {
+  // construction --, the read engine) for a pool file.
+  std::tuple<std::string, std::string, bool, int64_t, int64_t, int64_t, int64_t, std::string>
+  tier_info() const {
     UseGuard guard(users_, UseGuard::kRead, "tier_info");
     const auto* file = dynamic_cast<const core::FileRowSource*>(cache_.row_source().get());
-    if (file == nullptr) return {"dram", "", false, 0, 0, 0, 0};
+    if (file == nullptr) return {"dram", "", false, 0, 0, 0, 0, ""};
     return {"file", file->path(), file->direct_io(), file->queue_depth(),
             static_cast<int64_t>(file->bytes_read()), static_cast<int64_t>(file->scatter_reads()),
-            static_cast<int64_t>(file->reads())};
+            static_cast<int64_t>(file->reads()), file->io_engine()};
   }
 
   void update_active_weights(const at::Tensor& mask) {

@@ -142,6 +142,9 @@ class TierInfo(NamedTuple):
     scatter_reads: int = 0
     #: reads issued; records of consecutive rows are read together (file_pool.hpp F6)
     reads: int = 0
+    #: who issues the reads (file_pool.hpp F7): "linux-aio" (from the updating thread) or
+    #: "threads" (the reader threads; PAIRED_REPLACEMENT_IO_ENGINE=threads asks for them)
+    io_engine: str = ""
 
 
 class SingleOwner:
@@ -236,8 +239,10 @@ class WeightCache(SingleOwner):
         """A cache whose pool is a pool file (:mod:`paired_replacement.pool_file`): the full
         weights stay on disk and each update reads exactly the rows it writes, with direct I/O
         (``O_DIRECT``; where the file system refuses it, buffered reads whose pages are dropped
-        at once -- :attr:`tier_info` says which), ``queue_depth`` reads in flight. Only the packed
-        rows are in memory: :meth:`pool_concat_weight` / :meth:`pool_down_weight_t` raise.
+        at once -- :attr:`tier_info` says which), ``queue_depth`` reads in flight: Linux native
+        AIO requests issued by the updating thread, or reader threads where AIO cannot run
+        (``tier_info.io_engine``; ``PAIRED_REPLACEMENT_IO_ENGINE=threads`` asks for them).
+        Records of consecutive rows are read together. Only the packed rows are in memory: :meth:`pool_concat_weight` / :meth:`pool_down_weight_t` raise.
         ``last_update_work().slow_bytes_read`` counts the bytes each update read. A read error
         raises RuntimeError and leaves the cache with no active row (update again to reload).
 
