@@ -1,8 +1,9 @@
 """What every test file shares: the CI switch, Hypothesis profiles, the C++ compiler, and the
 ``slow`` marker applied by what a test uses rather than by hand.
 
-* ``IN_CI`` (the environment variable ``CI`` set and not "0"/"false", as .ci/run sets it): a test
-  that would skip for want of a tool CI is meant to have (g++) runs and fails instead.
+* ``in_ci()`` / ``IN_CI`` (the environment variable ``CI`` set and not "0"/"false", as .ci/run
+  sets it) and ``skip_or_fail``: a test that would skip for want of a tool CI is meant to have
+  (g++, snakemake, git) fails instead, naming what is missing.
 * Hypothesis: the profile ``ci`` (derandomized: the same examples on every run, so a CI failure
   reproduces; no deadline: the shared 2-core machines stall) is loaded under CI, ``dev``
   (random examples, no deadline) elsewhere; ``HYPOTHESIS_PROFILE`` picks one by name.
@@ -21,7 +22,21 @@ import shutil
 import pytest
 from hypothesis import settings
 
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+def in_ci() -> bool:
+    """Running under CI: the CI variable set to anything but empty/0/false/no (.ci/run exports
+    CI=1; GitHub Actions and GitLab set CI=true). Read at each call (tests change it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """A missing prerequisite: a skip on a developer's machine, a failure with the reason under
+    CI, where everything is installed and a skip would leave something untested."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, where this must not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+IN_CI = in_ci()
 
 # Both explicit: Hypothesis loads a "ci" profile of its own when it sees a CI variable, and a
 # profile registered then inherits from it.

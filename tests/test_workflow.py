@@ -1,10 +1,16 @@
 """The Snakemake workflow (Snakefile, workflow/, config/).
 
 Fast checks run Snakemake without executing jobs (dry runs, lint, config validation, snakefmt).
-The slow ones run the smoke configuration end to end in a scratch copy of the repository
-(tracked and untracked-but-not-ignored files, so results of the checkout are never touched),
-then check that a second run has nothing to do, that deleting one figure redraws only that
-figure, and that redraw_only never schedules a benchmark.
+The dry runs run in a scratch copy of the repository too (without results/, .snakemake/ or
+logs/), so they always see the plan from scratch whatever the checkout has run. The slow ones
+run the smoke configuration end to end in a scratch copy of the repository (tracked and
+untracked-but-not-ignored files, so results of the checkout are never touched), then check that
+a second run has nothing to do, that deleting one figure redraws only that figure, and that
+redraw_only never schedules a benchmark.
+
+A missing prerequisite (snakemake, snakefmt, git's file list, the analysis CLI, a C++ compiler)
+skips on a developer's machine but fails under CI (the CI variable set, as .ci/run and hosted CI
+services do): there everything is installed, and a skip would pass a run that tested nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import skip_or_fail  # tests/ is on sys.path
 from test_bench_common import HOLD_LOCK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +42,13 @@ TABLES = ["micro_summary", "e2e_summary", "hosts", "model_churn", "model_quality
 BENCH_RULES = {"hostinfo", "build", "autotune", "micro", "e2e", "sweep", "perf", "micro_file"}
 ANALYSIS_RULES = {"study_config", "merge", "figures", "tables", "numbers"}
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("snakemake", path=str(BIN)) is None and shutil.which("snakemake") is None,
-    reason="snakemake is not installed")
+
+@pytest.fixture(autouse=True)
+def _snakemake_installed():
+    from importlib.util import find_spec
+
+    if find_spec("snakemake") is None:  # the tests run `python -m snakemake`
+        skip_or_fail("snakemake is not installed")
 
 
 def _env() -> dict:
@@ -88,23 +99,134 @@ def paper_buildable(root: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scratch copies of the work tree
+# ---------------------------------------------------------------------------------------------
+def _copy_worktree(dest: Path, source: Path = REPO) -> None:
+    """Tracked and untracked-but-not-ignored files of the checkout (what a clone would hold plus
+    work in progress), without results, logs or build outputs.
+
+    git refuses a repository owned by another user ("dubious ownership": root running the tests
+    in a clone of another user); the listing is read-only, so this checkout is declared safe
+    for this one command."""
+    command = ["git", "-c", f"safe.directory={source}", "ls-files", "-z", "--cached", "--others",
+               "--exclude-standard"]
+    try:
+        listed = subprocess.run(command, cwd=source, capture_output=True)
+    except FileNotFoundError:
+        skip_or_fail("git is not installed: cannot list the work tree to copy")
+    if listed.returncode != 0:
+        skip_or_fail(f"cannot list the work tree of {source} with git ls-files (exit "
+                     f"{listed.returncode}): {listed.stderr.decode(errors='replace').strip()}")
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        src = source / rel
+        if not src.is_file() or rel.startswith("logs/"):
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A scratch copy of the work tree that never ran the workflow (no results/, .snakemake/,
+    logs/): the dry runs see the plan from scratch, whatever this checkout has run."""
+    root = tmp_path_factory.mktemp("fresh")
+    _copy_worktree(root)
+    return root
+
+
+_DRY_RUNS: dict[tuple, subprocess.CompletedProcess] = {}
+
+
+def dry_run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``snakemake -n -p ARGS`` in ``root``, run once per root and arguments (a dry run of the
+    full workflow takes seconds; several tests read the same plan)."""
+    key = (str(root), args)
+    if key not in _DRY_RUNS:
+        _DRY_RUNS[key] = snakemake("-n", "-p", *args, cwd=root)
+    return _DRY_RUNS[key]
+
+
+def shell_commands(output: str, pattern: str) -> list[str]:
+    """The planned shell commands (``-p``) that match the regex ``pattern``."""
+    commands = [line.removeprefix("Shell command: ") for line in output.splitlines()
+                if line.startswith("Shell command: ")]
+    return [c for c in commands if re.search(pattern, c)]
+
+
+def test_a_missing_prerequisite_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch):
+    """git cannot list a folder that is not a checkout: outside CI the test needing the copy is
+    skipped, under CI it fails and says why."""
+    not_a_checkout = tmp_path / "plain"
+    not_a_checkout.mkdir()
+
+    def outcome(call, *args):  # (skip or fail, message), caught here either way
+        try:
+            call(*args)
+        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+            return ("skip" if isinstance(exc, pytest.skip.Exception) else "fail"), str(exc)
+        return "returned", ""
+
+    copy = (_copy_worktree, tmp_path / "copy", not_a_checkout)
+    for value in (None, "", "0", "false"):
+        if value is None:
+            monkeypatch.delenv("CI", raising=False)
+        else:
+            monkeypatch.setenv("CI", value)
+        kind, message = outcome(*copy)
+        assert kind == "skip" and "cannot list the work tree" in message, (value, kind, message)
+    for value in ("1", "true"):
+        monkeypatch.setenv("CI", value)
+        kind, message = outcome(*copy)
+        assert kind == "fail", (value, kind, message)
+        assert "not a git repository" in message and "CI is set" in message, message
+        assert outcome(skip_or_fail, "no compiler")[0] == "fail"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root to hand the clone to another user")
+def test_copy_worktree_lists_a_clone_owned_by_another_user(tmp_path, monkeypatch):
+    """Root running the tests in another user's clone (git: "dubious ownership") still copies
+    the work tree, and the scratch copy is the clone's files."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "tracked.txt").write_text("tracked\n")
+    (clone / "new.txt").write_text("untracked, not ignored\n")
+    (clone / ".gitignore").write_text("ignored.txt\n")
+    (clone / "ignored.txt").write_text("ignored\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=clone, check=True)
+    subprocess.run([*git, "add", "tracked.txt", ".gitignore"], cwd=clone, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=clone, check=True)
+    for path in [clone, *clone.rglob("*")]:
+        os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody
+    # without help git refuses the clone (this is the case being fixed)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no safe.directory of this machine
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    refused = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True)
+    assert refused.returncode != 0 and "dubious ownership" in refused.stderr, refused
+    monkeypatch.setenv("CI", "1")  # a refusal must fail here, not skip
+    _copy_worktree(tmp_path / "copy", source=clone)
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == [".gitignore", "new.txt", "tracked.txt"], copied
+
+
+# ---------------------------------------------------------------------------------------------
 # Dry runs, lint, format
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("configfile", [None, "config/smoke.yaml"])
-def test_dry_run(configfile):
-    args = ["-n"] + (["--configfile", configfile] if configfile else [])
-    result = snakemake(*args)
+def test_dry_run(fresh, configfile):
+    """The plan from scratch (in a copy that never ran): every job of one host, once."""
+    result = dry_run(fresh, *(["--configfile", configfile] if configfile else []))
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
-    if (REPO / "results").exists():  # a checkout that has run the workflow: only check it parses
-        return
-    for rule in BENCH_RULES | {"merge", "numbers"}:
+    for rule in BENCH_RULES | {"merge", "numbers", "study_config", "all"}:
         assert counts.get(rule) == 1, (rule, counts)
     assert counts["figures"] == len(FIGURES) and counts["tables"] == len(TABLES), counts
     model = 1 if model_installed() else 0  # the real-model stage runs only with its extra
     for rule in ("traces", "churn", "quality", "micro_trace", "decode"):
         assert counts.get(rule, 0) == model, (rule, counts)
-    assert counts.get("paper", 0) == (1 if paper_buildable(REPO) else 0), counts
+    assert counts.get("paper", 0) == (1 if paper_buildable(fresh) else 0), counts
     # the CUDA tier runs exactly where torch sees a GPU; elsewhere it is skipped, and said
     import torch
 
@@ -113,16 +235,17 @@ def test_dry_run(configfile):
         assert "CUDA tier skipped: no CUDA device on" in result.stdout
 
 
-def test_tiers_off_skip_their_rules_and_say_why():
-    result = snakemake("-n", "-p", "--forcerun", "merge", "--config", "tiers={enabled: []}")
+def test_tiers_off_skip_their_rules_and_say_why(fresh):
+    result = dry_run(fresh, "--config", "tiers={enabled: []}")
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     assert "micro_file" not in counts and "cuda_tier" not in counts, counts
+    assert all(counts.get(rule) == 1 for rule in BENCH_RULES - {"micro_file"}), counts
     assert "CUDA tier skipped: config tiers.enabled has no cuda" in result.stdout
     assert "--skipped-stage 'cuda=config tiers.enabled has no cuda'" in result.stdout
 
 
-def test_dry_run_slurm_profiles_and_hosts(tmp_path):
+def test_dry_run_slurm_profiles_and_hosts(fresh, tmp_path):
     """A two-host cluster config through the SLURM profile: every host gets its own jobs, its
     benchmarks an exclusive node with its constraint and nodelist, its threads."""
     cluster = tmp_path / "cluster.yaml"
@@ -131,7 +254,7 @@ def test_dry_run_slurm_profiles_and_hosts(tmp_path):
         "skl": {"threads": 16}}}))
     for profile in ("workflow/profiles/slurm", "workflow/profiles/slurm-noacct"):
         result = snakemake("-n", "-p", "--cores", "64", "--profile", profile,
-                           "--configfile", str(cluster))
+                           "--configfile", str(cluster), cwd=fresh)
         assert result.returncode == 0, result.stdout
         counts = job_counts(result.stdout)
         for rule in BENCH_RULES:
@@ -154,15 +277,15 @@ def test_slurm_noacct_profile_is_slurm_plus_squeue():
     assert default["resources"] == {"bench_slot": 1}
 
 
-def test_lint_is_clean():
-    result = snakemake("--lint")
+def test_lint_is_clean(fresh):
+    result = snakemake("--lint", cwd=fresh)
     assert result.returncode == 0, result.stdout
 
 
 def test_snakefmt_check():
     snakefmt = shutil.which("snakefmt", path=str(BIN)) or shutil.which("snakefmt")
     if snakefmt is None:
-        pytest.skip("snakefmt is not installed")
+        skip_or_fail("snakefmt is not installed (the `pipeline` extra)")
     result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -190,7 +313,10 @@ def test_schema_describes_every_key():
             walk(sub, f"{path}.{key}")
 
     walk(schema, "config")
-    jsonschema = pytest.importorskip("jsonschema")
+    try:
+        import jsonschema  # a dependency of snakemake
+    except ImportError:
+        skip_or_fail("jsonschema is not installed")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     smoke = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     assert set(smoke) == set(config) == set(schema["properties"])  # both set every key
@@ -219,10 +345,10 @@ def test_schema_describes_every_key():
      ["micro.k: 100 exceeds the 62 inactive rows of micro.rows - micro.m",
       "perf.k: 1600 exceeds min(perf.active, perf.rows - perf.active) = 512"]),
 ])
-def test_invalid_config_is_refused_before_any_job(tmp_path, text, needles):
+def test_invalid_config_is_refused_before_any_job(fresh, tmp_path, text, needles):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    result = snakemake("-n", "--configfile", str(bad))
+    result = snakemake("-n", "--configfile", str(bad), cwd=fresh)
     assert result.returncode != 0
     assert "Invalid configuration" in result.stdout, result.stdout
     for needle in needles:
@@ -232,25 +358,83 @@ def test_invalid_config_is_refused_before_any_job(tmp_path, text, needles):
     assert len(result.stdout.splitlines()) < 15, result.stdout
 
 
-def test_nested_config_strings_are_typed():
+def test_nested_config_strings_are_typed(fresh):
     """--config values inside a mapping arrive as strings; they are converted (and checked)."""
-    result = snakemake("-n", "--config", "paper={enabled: false}", "micro={k: [0, 64]}")
+    result = dry_run(fresh, "--config", "paper={enabled: false}", "micro={k: [0, 64]}")
     assert result.returncode == 0, result.stdout
     assert "Paper PDF skipped: config paper.enabled is false" in result.stdout
-    assert "paper" not in job_counts(result.stdout)
-    refused = snakemake("-n", "--config", "micro={k: [-1]}")
+    counts = job_counts(result.stdout)
+    assert "paper" not in counts and counts.get("micro") == 1, counts
+    assert shell_commands(result.stdout, r"bench micro --rows .* --k 0 64 --hidden ")
+    refused = snakemake("-n", "--config", "micro={k: [-1]}", cwd=fresh)
     assert refused.returncode != 0 and "-1 is less than the minimum of 0" in refused.stdout
 
 
-def test_model_stage_off_is_said_and_recorded():
-    result = snakemake("-n", "--config", "model={enabled: false}")
+def test_model_stage_off_is_said_and_recorded(fresh):
+    result = dry_run(fresh, "--config", "model={enabled: false}")
     assert result.returncode == 0, result.stdout
     assert "Real-model stage skipped: config model.enabled is false" in result.stdout
     counts = job_counts(result.stdout)
     assert not {"traces", "churn", "quality", "micro_trace", "decode"} & set(counts), counts
+    assert all(counts.get(rule) == 1 for rule in BENCH_RULES | {"merge"}), counts
     # merge records why, for the paper (its params carry the reason)
-    assert "--skipped-stage 'model=config model.enabled is false'" in snakemake(
-        "-n", "-p", "--forcerun", "merge", "--config", "model={enabled: false}").stdout
+    [merge] = shell_commands(result.stdout, r"paired_replacement\.analysis merge ")
+    assert "--skipped-stage 'model=config model.enabled is false'" in merge
+    assert "--model-dir" not in merge
+
+
+# The config branches the shipped configs never take, read off the planned shell commands (one
+# dry run with all three set, against the default plan).
+BRANCHES = ("autotune={enabled: false}", "build={generic: true}", "merge={skip_invalid: true}")
+TUNED = r"python -m paired_replacement\.bench (micro|e2e|sweep) "
+
+
+def _cli_help(*command: str) -> str:
+    result = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
+                            text=True, env=_env(), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_autotune_off_plans_no_autotune_and_benchmarks_without_its_json(fresh):
+    default, off = dry_run(fresh), dry_run(fresh, "--config", *BRANCHES)
+    assert default.returncode == 0 and off.returncode == 0, default.stdout + off.stdout
+    host = re.search(r"--out results/hosts/([^/]+)/micro\.csv", default.stdout)[1]
+    # the default: tuned once per host, every tuned benchmark takes the host's winner
+    assert job_counts(default.stdout).get("autotune") == 1
+    tuned = shell_commands(default.stdout, TUNED)
+    assert len(tuned) == len(shell_commands(off.stdout, TUNED)) >= 4, tuned  # + micro_file
+    for command in tuned:
+        assert f"--autotune-json results/hosts/{host}/autotune.json" in command, command
+        assert "--skip-autotune-json" not in command, command
+    # off: no autotune job, no autotune output asked for, every benchmark on the defaults
+    counts = job_counts(off.stdout)
+    assert "autotune" not in counts, counts
+    assert all(counts.get(rule) == 1 for rule in BENCH_RULES - {"autotune"}), counts
+    assert f"results/hosts/{host}/autotune." not in off.stdout, [
+        line for line in off.stdout.splitlines() if "/autotune." in line]
+    for command in shell_commands(off.stdout, TUNED):
+        assert "--skip-autotune-json" in command and "--autotune-json" not in command, command
+    assert "--skip-autotune-json" in _cli_help("paired_replacement.bench", "micro")
+
+
+def test_build_generic_reaches_the_host_build_command(fresh):
+    default, generic = dry_run(fresh), dry_run(fresh, "--config", *BRANCHES)
+    [native] = shell_commands(default.stdout, r"paired-replacement-build ")
+    [portable] = shell_commands(generic.stdout, r"paired-replacement-build ")
+    assert "--generic" not in native, native
+    assert re.search(r"paired-replacement-build --out results/hosts/[^/ ]+/build --generic ",
+                     portable), portable
+    assert "--generic" in _cli_help("paired_replacement.hostbuild")
+
+
+def test_merge_skip_invalid_reaches_the_merge_command(fresh):
+    default, skipping = dry_run(fresh), dry_run(fresh, "--config", *BRANCHES)
+    [strict] = shell_commands(default.stdout, r"paired_replacement\.analysis merge ")
+    [lenient] = shell_commands(skipping.stdout, r"paired_replacement\.analysis merge ")
+    assert "--skip-invalid" not in strict, strict
+    assert " --skip-invalid " in lenient, lenient
+    assert "--skip-invalid" in _cli_help("paired_replacement.analysis", "merge")
 
 
 def test_every_rule_has_a_log_and_a_message():
@@ -270,28 +454,12 @@ def test_every_rule_has_a_log_and_a_message():
 # ---------------------------------------------------------------------------------------------
 # The smoke configuration end to end, in a scratch copy
 # ---------------------------------------------------------------------------------------------
-def _copy_worktree(dest: Path) -> None:
-    """Tracked and untracked-but-not-ignored files of the checkout (what a clone would hold plus
-    work in progress), without results, logs or build outputs."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True)
-    if listed.returncode != 0:
-        pytest.skip("not a git checkout: cannot list the work tree")
-    for rel in filter(None, listed.stdout.decode().split("\0")):
-        src = REPO / rel
-        if not src.is_file() or rel.startswith("logs/"):
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     if not (REPO / "src/paired_replacement/analysis/__main__.py").is_file():
-        pytest.skip("the analysis CLI (python -m paired_replacement.analysis) is not there yet")
+        skip_or_fail("the analysis CLI (python -m paired_replacement.analysis) is not there yet")
     if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler for the per-host build")
+        skip_or_fail("no C++ compiler (c++ or g++ on PATH) for the per-host build")
     root = tmp_path_factory.mktemp("workflow")
     _copy_worktree(root)
     t0 = time.perf_counter()
@@ -333,7 +501,8 @@ def test_smoke_run_makes_every_output(smoke_run):
         assert (root / "results" / "merged" / f"{name}.csv").is_file(), name
     # the file tier: every method, the page cache bypassed or dropped (and said), bytes counted
     tier = pd.read_csv(root / "results" / "merged" / "micro_file.csv")
-    assert set(tier["method"]) == {"paired", "paired_indices", "full_reload", "disk_floor"}
+    assert set(tier["method"]) == {"paired", "paired_indices", "full_reload", "disk_floor",
+                                   "disk_update_floor"}
     assert (tier["tier"] == "file").all()
     assert set(tier["io_mode"]) <= {"direct", "buffered+dontneed"}
     assert (tier["slow_bytes_read_mean"] > 0).all()
@@ -361,6 +530,34 @@ def test_smoke_run_makes_every_output(smoke_run):
         assert not (root / "paper" / "paper.aux").exists()  # latexmk -c cleaned up
     else:
         assert not pdf.exists()
+
+
+@pytest.mark.slow
+def test_benchmarks_loaded_the_per_host_build(smoke_run):
+    """Every timed row says (column build_source) that its process loaded the ops of the host's
+    build, results/hosts/<host>/build/, not the pip-installed extension ("pip"); the tuned
+    benchmarks took the host's autotune winner. In the host CSVs and in the merged tables."""
+    from paired_replacement.bench import common
+
+    root = smoke_run
+    host = _host(root)
+    build = str((root / "results" / "hosts" / host / "build").resolve())
+    tuned = {"micro.csv": "micro", "e2e.csv": "e2e", "sweep.csv": "e2e",
+             "micro_file.csv": "micro"}
+    files = {**tuned, "autotune.csv": "autotune"}
+    if model_installed():
+        files.update({"micro_trace.csv": "micro", "decode.csv": "decode"})
+        tuned["micro_trace.csv"] = "micro"
+    for name, schema in files.items():
+        frame = common.read_results_csv(root / "results" / "hosts" / host / name, schema)
+        assert set(frame["build_source"]) == {build}, (name, set(frame["build_source"]))
+        if name in tuned:
+            assert set(frame["tuning_source"]) == {
+                f"autotune:results/hosts/{host}/autotune.json"}, (name, set(frame["tuning_source"]))
+    for kind in ("micro", "e2e", "autotune", "micro_file"):
+        merged = pd.read_csv(root / "results" / "merged" / f"{kind}.csv", dtype=str)
+        mine = merged[merged["host_id"] == host]
+        assert len(mine) and set(mine["build_source"]) == {build}, (kind, set(mine["build_source"]))
 
 
 @pytest.mark.slow
@@ -570,6 +767,44 @@ def test_report_describes_the_config_the_results_came_from(smoke_run, tmp_path):
     assert study["smoke"] is True and study["config"]["timing"]["fast"] is True
     assert study["config"]["micro"]["rows"] == smoke["micro"]["rows"]
     assert "&quot;smoke&quot;: true" in html  # the caption shows the record itself
+
+
+def _report_object(html: str, variable: str):
+    """A JSON object the report's page holds as ``var <variable> = {...}`` (the data follow
+    the bundled JavaScript libraries, which use the same names: the last one)."""
+    start = html.index("{", html.rindex(f"var {variable} = "))
+    return json.JSONDecoder().raw_decode(html, start)[0]
+
+
+@pytest.mark.slow
+def test_report_shows_every_figure_with_its_caption(smoke_run, tmp_path):
+    """Every figure of the paper is in the report (category Figures), as PDF and PNG, labelled
+    with its name and format, the file itself in the archive, under its own caption
+    (workflow/report/<name>.rst picked by workflow/report/figure.rst)."""
+    report = tmp_path / "report.zip"
+    result = snakemake("--report", str(report), cwd=smoke_run)
+    assert result.returncode == 0, result.stdout
+    assert report.is_file() and report.stat().st_size > 0
+    with zipfile.ZipFile(report) as archive:
+        page = next(n for n in archive.namelist() if n.endswith("/report.html"))
+        top = page.rsplit("/", 1)[0]
+        html = archive.read(page).decode()
+        results = _report_object(html, "results")
+        listed = {path for paths in _report_object(html, "categories")["Figures"].values()
+                  for path in paths}
+        expected = {f"paper/figures/{name}.{ext}" for name in FIGURES for ext in ("pdf", "png")}
+        assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
+        captions = set()
+        for name in FIGURES:
+            own = re.sub(r"[`*]", "", (REPO / "workflow/report" / f"{name}.rst").read_text())
+            for ext, magic in (("pdf", b"%PDF"), ("png", b"\x89PNG")):
+                item = results[f"paper/figures/{name}.{ext}"]
+                assert item["labels"] == {"figure": name, "format": ext.upper()}, item["labels"]
+                assert archive.read(f"{top}/{item['data_uri']}").startswith(magic), name
+                text = re.sub(r"<[^>]+>", "", item["caption"])
+                assert text.split()[:4] == own.split()[:4], (name, text[:200])
+                captions.add(text)
+        assert len(captions) == len(FIGURES)  # one caption per figure, each its own
 
 
 @pytest.mark.slow
