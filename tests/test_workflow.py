@@ -851,3 +851,65 @@ def test_a_skipped_host_is_said_on_the_terminal_and_in_the_paper(smoke_run):
         assert "brokenbox" in (root / "paper" / "tables" / "hosts.tex").read_text()
     finally:
         shutil.rmtree(broken)
+
+
+# LaTeX commands of packages the paper loads (algpseudocode, amsmath): not ours to generate
+PACKAGE_COMMANDS = {"Comment", "Else", "EndFor", "EndIf", "ForAll", "If", "State", "Vert",
+                    "Dynamic"}
+
+
+def _numbers(root: Path) -> dict[str, str]:
+    text = (root / "paper" / "generated" / "numbers.tex").read_text()
+    return dict(re.findall(r"^\\newcommand\{\\(\w+)\}\{(.*)\}$", text, flags=re.M))
+
+
+@pytest.mark.slow
+def test_numbers_are_recomputed_from_the_merged_csvs(smoke_run):
+    """Several macros of the smoke run's numbers.tex, recomputed here with plain pandas from the
+    merged CSVs they come from; and every CamelCase command paper.tex uses is generated (or is a
+    package's): a macro the text needs and the pipeline forgot would print as an error or, worse,
+    a stale number."""
+    root = smoke_run
+    macros = _numbers(root)
+    merged = root / "results" / "merged"
+    micro = pd.read_csv(merged / "micro.csv")
+    hosts = pd.read_csv(merged / "hosts.csv")
+    assert int(macros["HostCount"]) == hosts["host_id"].nunique()
+    primary = macros["MicroPrimaryHost"]
+    assert primary in set(micro["host_id"])
+    sel = micro[(micro["host_id"] == primary) & (micro["N"] == int(macros["MicroN"]))
+                & (micro["m"] == int(macros["MicroM"]))
+                & (micro["hidden"] == int(macros["MicroHidden"]))
+                & (micro["pattern"] == "uniform") & (micro["gate"].astype(str) == "True")]
+    # the primary shape is the host's most measured one
+    shapes = micro[micro["host_id"] == primary].groupby(["N", "m", "hidden"]).size()
+    assert shapes.idxmax() == (int(macros["MicroN"]), int(macros["MicroM"]),
+                               int(macros["MicroHidden"]))
+    assert int(macros["TimingProcesses"]) == int(sel["n_processes"].iloc[0])
+    words = {16: "Sixteen", 64: "SixtyFour"}
+    counts = {1: "One", 2: "Two"}
+    checked = 0
+    for k, kw in words.items():
+        for t, tw in counts.items():
+            def value(method, column="median_s"):
+                row = sel[(sel["method"] == method) & (sel["k_target"] == k)
+                          & (sel["threads"] == t)]
+                assert len(row) == 1, (method, k, t)
+                return float(row[column].iloc[0])
+
+            for name, method in (("Paired", "paired"), ("Delta", "torch_delta")):
+                macro = f"Micro{name}MsK{kw}Threads{tw}"
+                if macro in macros and macros[macro] not in ("n/a", ""):
+                    assert float(macros[macro]) == pytest.approx(value(method) * 1e3, rel=6e-3), \
+                        macro
+                    checked += 1
+            macro = f"MicroVsDeltaK{kw}Threads{tw}"
+            if macro in macros and "excluded" not in macros[macro]:
+                shown = float(re.sub(r"[^\d.]", "", macros[macro]))
+                assert shown == pytest.approx(value("paired", "speedup_vs_torch_delta"),
+                                              rel=6e-3, abs=6e-3), macro
+                checked += 1
+    assert checked >= 4
+    used = set(re.findall(r"\\([A-Z][A-Za-z]+)", (root / "paper" / "paper.tex").read_text()))
+    missing = sorted(used - PACKAGE_COMMANDS - set(macros))
+    assert not missing, f"paper.tex uses commands numbers.tex does not define: {missing}"
