@@ -263,6 +263,8 @@ class FileRowSource final : public RowSource {
       scatter_layout_ = direct_ && info_.concat_offset == 0 && info_.down_offset == concat &&
                         concat + down == info_.record_bytes && concat % kPoolFileAlign == 0 &&
                         down % kPoolFileAlign == 0;
+      concat_bytes_ = static_cast<std::size_t>(concat);
+      down_bytes_ = static_cast<std::size_t>(down);
     }
     run_records_ = std::max<std::int64_t>(
         1, static_cast<std::int64_t>(kPoolFileMaxReadBytes / info_.record_bytes));
@@ -419,9 +421,6 @@ class FileRowSource final : public RowSource {
     std::byte* const buf = staging_[static_cast<std::size_t>(id)].get();
     iovec* const iov = iovecs_.data() + static_cast<std::size_t>(id) * 2 * static_cast<std::size_t>(run_records_);
     const Job job = job_;  // written before the generation changed (under the mutex)
-    const std::size_t es = info_.shape.elem_size;
-    const std::size_t concat = static_cast<std::size_t>(info_.shape.gate_cols + info_.shape.up_cols) * es;
-    const std::size_t down = static_cast<std::size_t>(info_.shape.hidden) * es;
     const std::size_t rec = info_.record_bytes;
     const auto n_runs = static_cast<std::int64_t>(runs_.size());
     for (std::int64_t j = next_.fetch_add(1); j < n_runs; j = next_.fetch_add(1)) {
@@ -432,11 +431,7 @@ class FileRowSource final : public RowSource {
       const auto offset = static_cast<off_t>(info_.header_bytes + rec * static_cast<std::uint64_t>(job.rows[idx[0]]));
       PAIRED_REPLACEMENT_ASSERT(count >= 1 && run.count <= run_records_);
       if (job.scatter) {  // F5: both slots of every record of the run, one preadv
-        for (std::size_t r = 0; r < count; ++r) {
-          const auto s = static_cast<std::size_t>(job.slots[idx[r]]);
-          iov[2 * r] = {job.pc + s * job.lc, concat};
-          iov[2 * r + 1] = {job.pd + s * job.ld, down};
-        }
+        fill_iovecs(job, idx, count, iov);
         ssize_t k;
         do {
           k = ::preadv(fd_, iov, static_cast<int>(2 * count), offset);
@@ -470,22 +465,27 @@ class FileRowSource final : public RowSource {
   // The data of `count` records read whole into the staging run `buf` (the job's indices idx[0..
   // count), consecutive rows) into their packed slots; the records' padding is not copied (F1).
   void copy_out(const Job& job, const std::int32_t* idx, std::size_t count, const std::byte* buf) const noexcept {
-    const std::size_t es = info_.shape.elem_size, rec = info_.record_bytes;
-    const std::size_t concat = static_cast<std::size_t>(info_.shape.gate_cols + info_.shape.up_cols) * es;
-    const std::size_t down = static_cast<std::size_t>(info_.shape.hidden) * es;
+    const std::size_t rec = info_.record_bytes;
     for (std::size_t r = 0; r < count; ++r) {
       const auto s = static_cast<std::size_t>(job.slots[idx[r]]);
-      std::memcpy(job.pc + s * job.lc, buf + r * rec + info_.concat_offset, concat);
-      std::memcpy(job.pd + s * job.ld, buf + r * rec + info_.down_offset, down);
+      std::memcpy(job.pc + s * job.lc, buf + r * rec + info_.concat_offset, concat_bytes_);
+      std::memcpy(job.pd + s * job.ld, buf + r * rec + info_.down_offset, down_bytes_);
+    }
+  }
+
+  // F5: the 2 x `count` buffers of a run read straight into its packed slots (each record's
+  // gate|up slot, then its down slot).
+  void fill_iovecs(const Job& job, const std::int32_t* idx, std::size_t count, iovec* iov) const noexcept {
+    for (std::size_t r = 0; r < count; ++r) {
+      const auto s = static_cast<std::size_t>(job.slots[idx[r]]);
+      iov[2 * r] = {job.pc + s * job.lc, concat_bytes_};
+      iov[2 * r + 1] = {job.pd + s * job.ld, down_bytes_};
     }
   }
 
   // One record through the staging buffer (the fallback of a failed run read): copies its data
   // into its slots, or records the first error of the fetch (F3).
   void read_record(const Job& job, std::int32_t i, std::byte* buf) noexcept {
-    const std::size_t es = info_.shape.elem_size;
-    const std::size_t concat = static_cast<std::size_t>(info_.shape.gate_cols + info_.shape.up_cols) * es;
-    const std::size_t down = static_cast<std::size_t>(info_.shape.hidden) * es;
     const std::int32_t r = job.rows[i];
     const auto offset = static_cast<off_t>(info_.header_bytes + info_.record_bytes * static_cast<std::uint64_t>(r));
     std::size_t got = 0;
@@ -511,9 +511,7 @@ class FileRowSource final : public RowSource {
       }
       return;
     }
-    const auto s = static_cast<std::size_t>(job.slots[i]);
-    std::memcpy(job.pc + s * job.lc, buf + info_.concat_offset, concat);
-    std::memcpy(job.pd + s * job.ld, buf + info_.down_offset, down);
+    copy_out(job, &i, 1, buf);
   }
 
   // F7: a context for `queue_depth` requests, one iocb per slot (slot i uses staging_[i] and its
@@ -555,15 +553,8 @@ class FileRowSource final : public RowSource {
     cb.aio_fildes = static_cast<std::uint32_t>(fd_);
     cb.aio_offset = static_cast<std::int64_t>(info_.header_bytes + rec * static_cast<std::uint64_t>(job.rows[idx[0]]));
     if (job.scatter) {
-      const std::size_t es = info_.shape.elem_size;
-      const std::size_t concat = static_cast<std::size_t>(info_.shape.gate_cols + info_.shape.up_cols) * es;
-      const std::size_t down = static_cast<std::size_t>(info_.shape.hidden) * es;
       iovec* const iov = iovecs_.data() + slot * 2 * static_cast<std::size_t>(run_records_);
-      for (std::size_t r = 0; r < count; ++r) {
-        const auto s = static_cast<std::size_t>(job.slots[idx[r]]);
-        iov[2 * r] = {job.pc + s * job.lc, concat};
-        iov[2 * r + 1] = {job.pd + s * job.ld, down};
-      }
+      fill_iovecs(job, idx, count, iov);
       cb.aio_lio_opcode = IOCB_CMD_PREADV;
       cb.aio_buf = reinterpret_cast<std::uintptr_t>(iov);
       cb.aio_nbytes = 2 * count;  // iovec count
@@ -692,7 +683,8 @@ class FileRowSource final : public RowSource {
   std::vector<std::int64_t> slot_run_;        // the run each slot reads
   std::vector<std::size_t> free_slots_;
 #endif
-  bool scatter_layout_ = false;  // F5's conditions on the file (the job checks the buffers)
+  bool scatter_layout_ = false;
+  std::size_t concat_bytes_ = 0, down_bytes_ = 0;  // data bytes of a record's two parts  // F5's conditions on the file (the job checks the buffers)
   std::int64_t error_row_ = -1;
   std::string error_what_;
 };
